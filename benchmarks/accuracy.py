@@ -1,0 +1,48 @@
+"""Accuracy against time for the 10-class SqueezeNet v1.1 ancestor on Imagenette.
+
+Each run trains from scratch with the library's trainer and reports val top-1,
+epochs and wall time; runs of one invocation are meant to have about equal
+time budgets, so that the resolution/epochs trade-off can be read off.
+
+    python benchmarks/accuracy.py --runs 64:24,96:11,128:6 --name accuracy_sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from common import write_result
+
+from squishednets.train import DEFAULT_DATA, TrainConfig, run_training
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", required=True, help="comma-separated SIZE:EPOCHS pairs")
+    ap.add_argument("--name", default="accuracy_sweep")
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--out", default="runs/bench-accuracy")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    results = []
+    for spec in args.runs.split(","):
+        size, epochs = (int(v) for v in spec.split(":"))
+        out = Path(args.out) / f"{size}px-{epochs}ep-s{args.seed}"
+        if out.exists():
+            shutil.rmtree(out)
+        cfg = TrainConfig(data=args.data, image_size=size, epochs=epochs, seed=args.seed, eval_every=0)
+        t0 = time.perf_counter()
+        m = run_training(cfg, out, progress=False)
+        wall = time.perf_counter() - t0
+        results.append({"image_size": size, "epochs": epochs, "seed": args.seed, "top1": m["top1"], "top5": m["top5"],
+                        "wall_s": wall, "train_time_s": m["train_time_s"], "train_img_s": m["train_img_s"],
+                        "checkpoint": str(out / "model")})
+        print(results[-1], flush=True)
+        write_result(args.name, {"data": args.data, "split": "val", "runs": results})
+
+
+if __name__ == "__main__":
+    main()

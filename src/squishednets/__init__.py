@@ -1,0 +1,2 @@
+"""SquishedNets: very small SqueezeNet-family networks by deep evolutionary synthesis."""
+__version__ = "0.1.0"

@@ -1,0 +1,129 @@
+"""Building ``nn.Module``s from genomes: the one builder.
+
+``build(genome)`` gives a SqueezeNet-family network (SqueezeNet paper,
+section 3; torchvision's layout) whose state-dict names are stable and
+readable (``conv1.conv.weight``, ``fires.3.expand3x3.bn.running_mean``,
+``conv10.weight``), so that synthesis can slice weights by name.
+``fold_batchnorm`` returns the BatchNorm-free network that export ships.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .genome import Genome
+
+__all__ = ["ConvUnit", "Fire", "SqueezeNet", "build", "fold_batchnorm", "conv_units"]
+
+
+class ConvUnit(nn.Module):
+    """Convolution, optional BatchNorm, ReLU. With BatchNorm the convolution
+    has no bias: BN's shift replaces it, and folding restores it."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bn: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=not bn)
+        self.bn = nn.BatchNorm2d(cout) if bn else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x, inplace=True)
+
+
+class Fire(nn.Module):
+    """Squeeze (1x1) then expand (1x1 and 3x3, concatenated)."""
+
+    def __init__(self, cin: int, squeeze: int, e1: int, e3: int, bn: bool):
+        super().__init__()
+        self.squeeze = ConvUnit(cin, squeeze, 1, bn=bn)
+        self.expand1x1 = ConvUnit(squeeze, e1, 1, bn=bn) if e1 > 0 else None
+        self.expand3x3 = ConvUnit(squeeze, e3, 3, padding=1, bn=bn) if e3 > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze(x)
+        outs = [b(x) for b in (self.expand1x1, self.expand3x3) if b is not None]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+class SqueezeNet(nn.Module):
+    def __init__(self, genome: Genome):
+        super().__init__()
+        g = genome
+        self.genome = g
+        self.conv1 = ConvUnit(g.in_channels, g.stem.filters, g.stem.kernel, g.stem.stride, g.stem.padding, g.batchnorm)
+        self.fires = nn.ModuleList(
+            Fire(g.fire_in_channels(i), f.squeeze, f.expand1x1, f.expand3x3, g.batchnorm) for i, f in enumerate(g.fires)
+        )
+        self.dropout = nn.Dropout(g.dropout)
+        # conv10: the few-class modification makes this num_classes 1x1 filters.
+        self.conv10 = nn.Conv2d(g.final_channels, g.num_classes, 1)
+        self._pools = frozenset(g.pool_after)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision's SqueezeNet init: Kaiming-uniform convs, a small normal
+        # init for the classifier so early logits stay near zero.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                if m is self.conv10:
+                    nn.init.normal_(m.weight, mean=0.0, std=0.01)
+                else:
+                    nn.init.kaiming_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _pool(x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, 3, 2, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        if 0 in self._pools:
+            x = self._pool(x)
+        for i, fire in enumerate(self.fires, start=1):
+            x = fire(x)
+            if i in self._pools:
+                x = self._pool(x)
+        x = F.relu(self.conv10(self.dropout(x)))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def build(genome: Genome) -> SqueezeNet:
+    """The one builder: genome in, freshly initialised network out."""
+    return SqueezeNet(genome)
+
+
+def conv_units(model: SqueezeNet) -> list[tuple[str, ConvUnit]]:
+    """Every ConvUnit with its state-dict prefix, in network order."""
+    units = [("conv1", model.conv1)]
+    for i, fire in enumerate(model.fires):
+        for branch in ("squeeze", "expand1x1", "expand3x3"):
+            u = getattr(fire, branch)
+            if u is not None:
+                units.append((f"fires.{i}.{branch}", u))
+    return units
+
+
+@torch.no_grad()
+def fold_batchnorm(model: SqueezeNet) -> SqueezeNet:
+    """A BatchNorm-free copy with each BN folded into its convolution:
+    w' = w * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps)."""
+    g = model.genome
+    if not g.batchnorm:
+        folded = build(g)
+        folded.load_state_dict(model.state_dict())
+        return folded.eval()
+    folded = build(g.replace(batchnorm=False))
+    src = dict(conv_units(model))
+    for name, dst in conv_units(folded):
+        unit = src[name]
+        bn = unit.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        dst.conv.weight.copy_(unit.conv.weight * scale[:, None, None, None])
+        dst.conv.bias.copy_(bn.bias - bn.running_mean * scale)
+    folded.conv10.load_state_dict(model.conv10.state_dict())
+    return folded.eval()
