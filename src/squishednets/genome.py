@@ -353,7 +353,7 @@ def squeezenet_design(
     num_fires: int = 8,
     num_classes: int = 1000,
     stem: StemSpec | None = None,
-    pool_after: tuple[int, ...] = (0, 3, 7),
+    pool_after: tuple[int, ...] | None = None,
     divisor: int = 1,
     width_multiplier: float = 1.0,
     batchnorm: bool = False,
@@ -363,7 +363,9 @@ def squeezenet_design(
 
     Fire module i (0-based) has e_i = base_e + incr_e * floor(i / freq)
     expand filters, of which pct3x3 are 3x3, and s_i = SR * e_i squeeze
-    filters. The defaults give SqueezeNet v1.0's Fire widths.
+    filters. The defaults give SqueezeNet v1.0's Fire widths. Without
+    ``pool_after``, pooling follows v1.0: after conv1, the middle Fire module
+    and the last one (downsampling late, the paper's strategy 3).
     """
     for nm, v in (("base_e", base_e), ("incr_e", incr_e), ("freq", freq), ("num_fires", num_fires)):
         if isinstance(v, bool) or not isinstance(v, int):
@@ -381,6 +383,8 @@ def squeezenet_design(
         e1 = 0 if pct3x3 == 1 else make_divisible(e * (1 - pct3x3), divisor)
         s = make_divisible(sr * e, divisor)
         fires.append(FireSpec(s, e1, e3))
+    if pool_after is None:
+        pool_after = tuple(sorted({0, max(0, num_fires // 2 - 1), num_fires - 1}))
     stem = stem or StemSpec(filters=make_divisible(96 * width_multiplier, divisor), kernel=7, stride=2)
     if name is None:
         name = f"design_b{base_e}_i{incr_e}_p{pct3x3:g}_f{freq}_sr{sr:g}"

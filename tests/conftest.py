@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny synthetic image folders and a few real Imagenette photos."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "imagenette"
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path_factory, monkeypatch):
+    # Caches never land in the user's home during tests; few threads keep CI steady.
+    monkeypatch.setenv("SQUISHEDNETS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(2)
+
+
+def make_folder(root: Path, classes=("a", "b", "c"), n_train=6, n_val=3, size=40, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for ci, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                # Class-dependent colour so that a tiny network can learn something.
+                base = np.zeros((size, size + 8, 3), np.uint8)
+                base[..., ci % 3] = 160
+                arr = np.clip(base + rng.integers(0, 90, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{c}_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return make_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def real_data(tmp_path) -> Path:
+    """A few real photos of three Imagenette classes (train 12, val 6 each)."""
+    if not REAL.is_dir():
+        pytest.skip("../shared/datasets/imagenette is not beside the checkout")
+    out = tmp_path / "imagenette-mini"
+    for split, n in (("train", 12), ("val", 6)):
+        for wnid in sorted(p.name for p in (REAL / split).iterdir())[:3]:
+            d = out / split / wnid
+            d.mkdir(parents=True)
+            for f in sorted((REAL / split / wnid).iterdir())[:n]:
+                shutil.copy(f, d / f.name)
+    return out
