@@ -26,18 +26,25 @@ def main() -> None:
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--out", default="runs/bench-accuracy")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[],
+                    help="extra TrainConfig field for every run, KEY=VALUE (e.g. min_scale=0.7); repeatable")
     args = ap.parse_args()
+    extra = {}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        extra[k] = type(getattr(TrainConfig(), k))(v)
+    tag = "".join(f"-{k}{v}" for k, v in extra.items())
     results = []
     for spec in args.runs.split(","):
         size, epochs = (int(v) for v in spec.split(":"))
-        out = Path(args.out) / f"{size}px-{epochs}ep-s{args.seed}"
+        out = Path(args.out) / f"{size}px-{epochs}ep-s{args.seed}{tag}"
         if out.exists():
             shutil.rmtree(out)
-        cfg = TrainConfig(data=args.data, image_size=size, epochs=epochs, seed=args.seed, eval_every=0)
+        cfg = TrainConfig(data=args.data, image_size=size, epochs=epochs, seed=args.seed, eval_every=0, **extra)
         t0 = time.perf_counter()
         m = run_training(cfg, out, progress=False)
         wall = time.perf_counter() - t0
-        results.append({"image_size": size, "epochs": epochs, "seed": args.seed, "top1": m["top1"], "top5": m["top5"],
+        results.append({"image_size": size, "epochs": epochs, "seed": args.seed, **extra, "top1": m["top1"], "top5": m["top5"],
                         "wall_s": wall, "train_time_s": m["train_time_s"], "train_img_s": m["train_img_s"],
                         "checkpoint": str(out / "model")})
         print(results[-1], flush=True)

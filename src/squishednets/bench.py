@@ -26,7 +26,7 @@ import torch
 
 from .metrics import ALEXNET_MB, SQUEEZENET11_MB, profile
 
-__all__ = ["machine_info", "CpuMonitor", "time_fn", "matmul_gflops", "BenchConfig", "bench_model"]
+__all__ = ["machine_info", "CpuMonitor", "time_fn", "matmul_gflops", "BenchConfig", "bench_model", "bench_target"]
 
 
 def _cpu_model() -> str:
@@ -199,3 +199,54 @@ def bench_model(model: torch.nn.Module, cfg: BenchConfig, onnx_path: str | Path 
     res["other_cpu_cores"] = max(other) if other else None
     res["machine_busy"] = None if not other else max(other) > 0.2
     return res
+
+
+def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_json: str | Path | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """Benchmark a registered genome, a checkpoint or every generation of an
+    evolve run (whose results then also go to ``RUN/bench.json``)."""
+    import json
+
+    from .checkpoint import load_checkpoint
+    from .errors import SquishedError
+    from .genome import get_genome, list_genomes
+    from .io import atomic_write_json
+    from .model import build
+
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    items: list[tuple[str, int | None, Any, float | None]] = []
+    p = Path(str(target))
+    is_run = (p / "lineage.json").exists()
+    if str(target) in list_genomes():
+        items.append((str(target), None, build(get_genome(str(target), num_classes=classes)).eval(), None))
+    elif is_run:
+        for e in json.loads((p / "lineage.json").read_text())["generations"]:
+            ck = load_checkpoint(p / e["path"])
+            items.append((e["name"] if e["generation"] else f"{e['name']} (ancestor)", e["generation"], ck.model,
+                          e.get("top1")))
+    elif p.exists():
+        ck = load_checkpoint(p)
+        items.append((ck.genome.name, ck.metrics.get("generation"), ck.model, ck.metrics.get("top1")))
+    else:
+        raise SquishedError(f"'{target}' is neither a registered genome, a checkpoint nor an evolve run folder")
+    with CpuMonitor() as mon:
+        rate = statistics.median([matmul_gflops() for _ in range(3)])
+    models = []
+    it = items
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(items, desc="benchmarking", unit="model", leave=False)
+    for name, gen, model, top1 in it:
+        r = bench_model(model, cfg, matmul_rate=rate)
+        models.append({"name": name, "generation": gen, "top1": top1, **r})
+    result = {"machine": machine_info(), "threads": threads, "matmul_gflops": rate,
+              "matmul_other_cpu_cores": mon.other_cores, "image_size": cfg.image_size, "batch": cfg.batch,
+              "runs": cfg.runs, "models": models,
+              "machine_busy": any(m.get("machine_busy") for m in models) or bool(mon.busy)}
+    if out_json is None and is_run:
+        out_json = p / "bench.json"
+    if out_json is not None:
+        atomic_write_json(out_json, result)
+    return result

@@ -96,6 +96,168 @@ def build_parser() -> argparse.ArgumentParser:
 
 _EXTRA_PARSERS: list[Any] = []
 
+_EVOLVE_HELP = {
+    "generations": "generations of synthesis (the paper ran 15)",
+    "population": "offspring per generation; the fittest survives",
+    "env_factor": "fixed environmental factor F(E) < 1 at cluster level",
+    "target_size_mb": "target mode: reach this dense fp32 size (MB) after the last generation",
+    "target_reduction": "target mode: end this many times smaller than the ancestor",
+    "sharpness": "k in p = exp(k (s / Z - 1)); 1 as in the papers",
+    "synapse_level": "also sample synapses inside surviving filters (fixed masks; sparse size reported)",
+    "synapse_factor": "F(E) at synapse level",
+    "min_width": "fewest filters a layer keeps",
+    "round_to": "round widths to a multiple of this (1: off)",
+    "init": "inherit: surviving weights sliced in; scratch: fresh weights",
+    "epochs": "training epochs per generation",
+    "holdout": "fraction of train held out for fitness (never val)",
+    "fitness": "top1 (held-out top-1) or smallest",
+    "max_size_mb": "constraint: largest size in MB (0: none)",
+    "max_macs": "constraint: largest MACs (0: none)",
+    "min_top1": "constraint: smallest held-out top-1 (0: none)",
+}
+
+
+def add_dataclass_options(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                          helps: dict[str, str] | None = None) -> list[str]:
+    """One option per dataclass field (``--field-name``), typed by its default."""
+    import dataclasses
+
+    names = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        h = (helps or {}).get(f.name, "")
+        h = f"{h} (default {f.default})" if h else f"default {f.default}"
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=h)
+        else:
+            p.add_argument(flag, type=type(f.default), default=None, help=h)
+        names.append(f.name)
+    return names
+
+
+def _evolve_parser(sub: Any) -> None:
+    from .evolve import EvolveConfig
+
+    p = sub.add_parser("evolve", help="generations of evolutionary synthesis from a trained checkpoint")
+    p.add_argument("checkpoint", help="the trained ancestor (checkpoint or train run folder)")
+    p.add_argument("--out", required=True, help="run folder; the same command resumes it")
+    p.add_argument("--config", help="JSON file with defaults for any of these options")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(_evolve_keys=add_dataclass_options(p, EvolveConfig, helps=_EVOLVE_HELP))
+
+
+_EXTRA_PARSERS.append(_evolve_parser)
+
+
+def _product_parsers(sub: Any) -> None:
+    from .pipeline import PRESETS, RunConfig
+
+    p = sub.add_parser("bench", help="size, MACs, memory, speed and efficiency of a model or a whole lineage")
+    p.add_argument("target", help="registered genome, checkpoint, or evolve run folder (then every generation)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--runs", type=int, default=20, help="timed runs per figure (medians are reported)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--budget-kb", type=int, default=8192, help="on-chip budget for parameters + activations")
+    p.add_argument("--classes", type=int, default=10, help="classes, for a registered genome")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export", help="ONNX export, checked against PyTorch in ONNX Runtime")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", help="file to write (default: CHECKPOINT/model.onnx)")
+    p.add_argument("--int8", action="store_true", help="also static int8, calibrated on real training images")
+    p.add_argument("--data", help="data for int8 calibration and its val top-1 (default: the checkpoint's)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--cache-dir")
+
+    p = sub.add_parser("report", help="Table 1, CSV/JSON and an HTML page with plots for an evolve run")
+    p.add_argument("run", help="evolve run folder")
+    p.add_argument("--out", help="folder for the report (default RUN/report)")
+
+    p = sub.add_parser("run", help="the whole job: ancestor, evolution, benchmark, report, export")
+    p.add_argument("--out", default="runs/main", help="run folder; the same command resumes it (default runs/main)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="default: 64 px, fits 60 min on 2 cores; paper: 224 px as in the paper, for a GPU")
+    p.add_argument("--config", help="JSON file with defaults for any of these options")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(_run_keys=add_dataclass_options(p, RunConfig))
+
+
+_EXTRA_PARSERS.append(_product_parsers)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import BenchConfig, bench_target
+
+    cfg = BenchConfig(image_size=a.image_size, batch=a.batch, runs=a.runs, threads=a.threads, budget_kb=a.budget_kb)
+    r = bench_target(a.target, cfg, classes=a.classes, out_json=a.out, progress=not a.json)
+    if a.json:
+        _emit(r)
+        return 0
+    print(f"{r['machine']['cpu']}, {r['threads']} threads, fp32 matmul {r['matmul_gflops']:.1f} GFLOP/s"
+          f"{'; machine was BUSY' if r['machine_busy'] else ''}; {a.image_size}px")
+    print(f"{'model':<34}{'MB':>7}{'MACs (M)':>10}{'eager':>8}{'cl':>8}{'ORT':>8}{'ORT b1 ms':>10}{'ORT eff':>8}"
+          f"{'fits KB':>9}")
+    for m in r["models"]:
+        print(f"{m['name'][:33]:<34}{m['size_mb']:>7.3f}{m['macs'] / 1e6:>10.1f}{m['eager_b32_img_s']:>8.1f}"
+              f"{m['cl_b32_img_s']:>8.1f}{m['ort_b32_img_s']:>8.1f}{m['ort_b1_ms']:>10.2f}{m['ort_efficiency']:>8.1%}"
+              f"{'yes' if m['fits_budget'] else 'no':>9}")
+    print("images/s at batch 32; efficiency = 2 x MACs x images/s / matmul rate")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .checkpoint import resolve_checkpoint
+    from .export import export_checkpoint
+
+    out = a.out or str(resolve_checkpoint(a.checkpoint) / "model.onnx")
+    info = export_checkpoint(a.checkpoint, out, int8=a.int8, data=a.data, cache_dir=a.cache_dir,
+                             image_size=a.image_size)
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.3f} MB), ONNX Runtime matches PyTorch at batch 1 and 5 "
+          f"(max |diff| {info['max_abs_diff']:.2e})")
+    if a.int8:
+        print(f"wrote {info['int8_path']} ({info['int8_bytes'] / 1e6:.3f} MB); val top-1 fp32 "
+              f"{info['fp32_val_top1']:.4f}, int8 {info['int8_val_top1']:.4f} ({info['val_images']} images)")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+
+    paths = write_report(a.run, a.out)
+    print(Path(paths["markdown"]).read_text())
+    print(f"HTML report: {paths['html']}")
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .pipeline import PRESETS, RunConfig, run_all
+
+    overrides = {**PRESETS[a.preset], **{k: v for k in a._run_keys if (v := getattr(a, k)) is not None}}
+    cfg = resolve_config(RunConfig, a.config, **overrides)
+    run_all(cfg, a.out, say=lambda s: print(s, flush=True), progress=not a.no_progress)
+    return 0
+
+
+def cmd_evolve(a: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .evolve import EvolveConfig, evolve
+
+    cfg = resolve_config(EvolveConfig, a.config, **{k: getattr(a, k) for k in a._evolve_keys})
+    lineage = evolve(a.checkpoint, a.out, cfg, progress=not a.no_progress)
+    print(f"{'gen':>4}{'size MB':>10}{'params':>10}{'MACs':>14}{'val top-1':>11}{'held-out':>10}{'F(E)':>8}")
+    for e in lineage:
+        f = e["env_factor"]
+        print(f"{e['generation']:>4}{e['size_mb']:>10.3f}{e['params']:>10,}{e['macs']:>14,}{e['top1']:>11.4f}"
+              f"{e['holdout_top1']:>10.4f}{'' if f is None else format(f, '.3f'):>8}")
+    print(f"lineage: {Path(a.out) / 'lineage.json'}")
+    return 0
+
 
 def _emit(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
@@ -249,7 +411,8 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"info": cmd_info, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-            "data": cmd_data}
+            "data": cmd_data, "evolve": cmd_evolve, "bench": cmd_bench, "export": cmd_export, "report": cmd_report,
+            "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

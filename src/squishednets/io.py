@@ -59,7 +59,9 @@ def atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     raises or the process dies, ``path`` still holds its previous contents."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # One writer per folder; a fixed temporary name means a leftover from a
+    # killed run is found and removed here rather than piling up.
+    tmp = path.with_name(f".{path.name}.tmp")
     old = path.with_name(f".{path.name}.old")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv when it is missing and installs SquishedNets into it.
+# torch==2.13.0 comes first: pip takes the CPU wheel on disk (a plain `torch`
+# would pull a multi-GB CUDA build). Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q torch==2.13.0
+fi
+extra=${1:-}
+if ! .venv/bin/python -c "import squishednets, onnxruntime, safetensors, matplotlib, tqdm${extra:+, pytest}" 2>/dev/null; then
+  .venv/bin/pip install -q -e ".${extra:+[$extra]}"
+fi

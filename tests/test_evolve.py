@@ -1,0 +1,121 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from squishednets.checkpoint import load_checkpoint
+from squishednets.errors import ConfigError
+from squishednets.evolve import EvolveConfig, evolve, select, size_path
+from squishednets.train import TrainConfig, run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ancestor(tiny_data, tmp_path):
+    cfg = TrainConfig(data=str(tiny_data), image_size=32, epochs=2, batch_size=6, threads=1, eval_every=0)
+    run_training(cfg, tmp_path / "anc", progress=False)
+    return tmp_path / "anc"
+
+
+def small_cfg(**kw):
+    base = dict(generations=3, population=2, target_reduction=3.0, epochs=2, batch_size=6, threads=1, round_to=1,
+                holdout=0.25)
+    base.update(kw)
+    return EvolveConfig(**base)
+
+
+def test_lineage_shrinks_and_records_everything(ancestor, tmp_path):
+    lineage = evolve(ancestor, tmp_path / "ev", small_cfg(), progress=False)
+    assert [e["generation"] for e in lineage] == [0, 1, 2, 3]
+    sizes = [e["size_mb"] for e in lineage]
+    assert all(b < a for a, b in zip(sizes, sizes[1:]))  # every offspring physically smaller
+    # The target mode follows its geometric path to within sampling noise.
+    assert sizes[-1] == pytest.approx(sizes[0] / 3, rel=0.25)
+    doc = json.loads((tmp_path / "ev" / "lineage.json").read_text())
+    assert len(doc["generations"]) == 4
+    for e in doc["generations"][1:]:
+        assert {"params", "size_mb", "macs", "top1", "holdout_top1", "wall_s", "seed", "parent", "env_factor"} <= set(e)
+        assert 0 < e["env_factor"] <= 1 and e["wall_s"] > 0 and len(e["candidates"]) == 2
+        ck = load_checkpoint(tmp_path / "ev" / e["path"])
+        assert ck.metrics["params"] == e["params"]
+    assert doc["generations"][2]["parent"] == "gen_01/model"
+
+
+def test_fixed_env_factor_and_scratch(ancestor, tmp_path):
+    lineage = evolve(ancestor, tmp_path / "ev", small_cfg(target_reduction=0.0, env_factor=0.9, init="scratch",
+                                                          generations=1, population=1), progress=False)
+    assert lineage[1]["env_factor"] == 0.9 and lineage[1]["size_mb"] < lineage[0]["size_mb"]
+
+
+def test_selection_respects_constraints():
+    cands = [{"holdout_top1": 0.9, "size_mb": 2.0, "macs": 10}, {"holdout_top1": 0.8, "size_mb": 1.0, "macs": 5}]
+    assert select(cands, small_cfg()) == (0, True)
+    assert select(cands, small_cfg(max_size_mb=1.5)) == (1, True)
+    assert select(cands, small_cfg(fitness="smallest")) == (1, True)
+    assert select(cands, small_cfg(max_macs=1)) == (0, False)  # none fits: the fittest, flagged
+
+
+def test_size_path_is_geometric():
+    assert size_path(1000, 10, 2, 1) == pytest.approx(100)
+    assert size_path(1000, 10, 2, 2) == pytest.approx(10)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(target_reduction=0.0), "give --env-factor"),
+    (dict(env_factor=1.2, target_reduction=0.0), "below 1"),
+    (dict(env_factor=0.9), "not several"),
+    (dict(fitness="val"), "--fitness must be one of"),
+])
+def test_config_errors(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        small_cfg(**kw)
+
+
+def test_other_settings_refuse_to_resume(ancestor, tmp_path):
+    evolve(ancestor, tmp_path / "ev", small_cfg(generations=1, population=1), progress=False)
+    with pytest.raises(ConfigError, match="other settings"):
+        evolve(ancestor, tmp_path / "ev", small_cfg(generations=1, population=1, lr=0.3), progress=False)
+
+
+def _cli(ancestor, run):
+    return [sys.executable, "-m", "squishednets.cli", "evolve", str(ancestor), "--out", str(run), "--generations", "3",
+            "--population", "2", "--target-reduction", "3", "--epochs", "3", "--batch-size", "6", "--threads", "1",
+            "--round-to", "1", "--holdout", "0.25", "--no-progress"]
+
+
+def test_kill_9_mid_generation_then_resume_gives_the_same_lineage(ancestor, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    ref = tmp_path / "ref"
+    r = subprocess.run(_cli(ancestor, ref), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "killed"
+    p = subprocess.Popen(_cli(ancestor, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill once generation 2's first offspring has saved a training epoch.
+    target = run / "gen_02" / "cand_0" / "state" / "state.json"
+    deadline = time.time() + 300
+    while not target.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    assert p.poll() is None, "the run finished before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run / "gen_02" / "model").exists()
+    done_before = (run / "gen_01" / "model" / "weights.safetensors").stat().st_mtime_ns
+    r = subprocess.run(_cli(ancestor, run), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    # Finished generations were not recomputed.
+    assert (run / "gen_01" / "model" / "weights.safetensors").stat().st_mtime_ns == done_before
+    a = json.loads((ref / "lineage.json").read_text())["generations"]
+    b = json.loads((run / "lineage.json").read_text())["generations"]
+    for ea, eb in zip(a, b):
+        for k in ("params", "size_mb", "macs", "top1", "holdout_top1", "env_factor", "widths", "seed"):
+            assert ea[k] == eb[k], (ea["generation"], k)
+    wa = load_checkpoint(ref / "gen_03" / "model").model.state_dict()
+    wb = load_checkpoint(run / "gen_03" / "model").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -1,0 +1,191 @@
+"""Export parity, the bench JSON schema, a report from a small real lineage,
+the HTML page in a real browser, and the whole `run` job on tiny data."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from squishednets.bench import BenchConfig, bench_model, bench_target
+from squishednets.cli import main
+from squishednets.errors import ExportError
+from squishednets.evolve import EvolveConfig, evolve
+from squishednets.export import check_onnx, export_checkpoint, export_onnx
+from squishednets.genome import get_genome
+from squishednets.model import build
+from squishednets.report import choose_squishednets, pareto_front, write_report
+from squishednets.train import TrainConfig, run_training
+
+BENCH_KEYS = {"params", "size_mb", "macs", "peak_activation_bytes", "params_plus_activations_kb", "fits_budget",
+              "eager_b32_img_s", "cl_b32_img_s", "ort_b32_img_s", "eager_b1_ms", "cl_b1_ms", "ort_b1_ms",
+              "ort_efficiency", "matmul_gflops", "threads", "machine_busy", "onnx_bytes", "image_size"}
+
+
+def _bn_model(classes=4, seed=0):
+    torch.manual_seed(seed)
+    m = build(get_genome("squeezenet1_1", classes, batchnorm=True))
+    m.train()
+    with torch.no_grad():
+        for _ in range(2):
+            m(torch.randn(8, 3, 48, 48))
+    return m.eval()
+
+
+def test_export_parity_two_batch_sizes(tmp_path):
+    m = _bn_model()
+    info = export_onnx(m, tmp_path / "m.onnx", 48)
+    assert info["max_abs_diff"] < 1e-4 and info["bytes"] > 1000
+    import onnx
+
+    g = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert not any(n.op_type == "BatchNormalization" for n in g.node)  # folded away
+    assert g.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    for b in (1, 7):
+        x = torch.randn(b, 3, 48, 48)
+        np.testing.assert_allclose(s.run(None, {"input": x.numpy()})[0], m(x).detach().numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_failed_parity_check_is_an_error(tmp_path):
+    m = _bn_model()
+    export_onnx(m, tmp_path / "m.onnx", 48, check=False)
+    other = _bn_model(seed=1)
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        check_onnx(other, tmp_path / "m.onnx", 48)
+
+
+def test_bench_schema(tmp_path):
+    r = bench_model(_bn_model(), BenchConfig(image_size=48, runs=3, warmup=1, threads=1))
+    assert BENCH_KEYS <= set(r)
+    assert r["ort_b32_img_s"] > 0 and r["eager_b1_ms"] > 0 and 0 < r["ort_efficiency"] < 5
+    assert r["fits_budget"] == (r["params_plus_activations_kb"] <= 8192)
+    assert isinstance(r["machine_busy"], bool)
+
+
+@pytest.fixture(scope="module")
+def real_lineage(tmp_path_factory):
+    """A small real lineage: an ancestor trained on a few real photos, then 3 generations."""
+    from conftest import REAL
+
+    if not REAL.is_dir():
+        pytest.skip("../shared/datasets/imagenette is not beside the checkout")
+    root = tmp_path_factory.mktemp("lineage")
+    data = root / "data"
+    for split, n in (("train", 16), ("val", 6)):
+        for wnid in sorted(p.name for p in (REAL / split).iterdir())[:3]:
+            (data / split / wnid).mkdir(parents=True)
+            for f in sorted((REAL / split / wnid).iterdir())[:n]:
+                shutil.copy(f, data / split / wnid / f.name)
+    cfg = TrainConfig(data=str(data), image_size=40, epochs=3, batch_size=12, threads=2, optimizer="adamw", lr=5e-3,
+                      eval_every=0)
+    run_training(cfg, root / "anc", progress=False)
+    evolve(root / "anc", root / "ev", EvolveConfig(generations=4, target_reduction=4.0, epochs=1, batch_size=12,
+                                                   threads=2, round_to=1, holdout=0.25), progress=False)
+    return root
+
+
+def test_bench_a_whole_lineage(real_lineage):
+    r = bench_target(real_lineage / "ev", BenchConfig(image_size=40, runs=2, warmup=1, threads=1))
+    assert len(r["models"]) == 5 and [m["generation"] for m in r["models"]] == [0, 1, 2, 3, 4]
+    assert all(BENCH_KEYS <= set(m) for m in r["models"])
+    assert (real_lineage / "ev" / "bench.json").exists()
+    assert r["models"][-1]["size_mb"] < r["models"][0]["size_mb"]
+
+
+def test_report_from_a_real_lineage(real_lineage, tmp_path):
+    paths = write_report(real_lineage / "ev", tmp_path / "rep")
+    md = paths["markdown"].read_text()
+    assert "Ancestor (gen 0)" in md and "SquishedNet-1 (paper)" in md and "SquishedNet-1 (gen" in md
+    rows = json.loads(paths["json"].read_text())["rows"]
+    ours = [r for r in rows if r["source"] == "ours"]
+    assert ours[0]["reduction_vs_squeezenet11"] == pytest.approx(4.941984 / ours[0]["size_mb"])
+    assert len([r for r in rows if r["source"] != "ours"]) == 4
+    csv_lines = paths["csv"].read_text().strip().splitlines()
+    assert len(csv_lines) == len(rows) + 1
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == 4 and 'id="table1"' in page
+
+
+def test_pareto_and_choice_rule():
+    lin = [{"generation": g, "size_mb": s, "top1": t} for g, s, t in
+           [(0, 3.0, 0.80), (1, 2.5, 0.81), (2, 2.0, 0.79), (3, 1.8, 0.70), (4, 1.5, 0.78), (5, 1.0, 0.75),
+            (6, 0.8, 0.74), (7, 0.5, 0.70), (8, 0.45, 0.60)]]
+    front = pareto_front([e for e in lin if e["generation"] > 0])
+    assert [e["generation"] for e in front] == [1, 2, 4, 5, 6, 7, 8]  # gen 3 is beaten by gen 4
+    chosen = choose_squishednets(lin)
+    assert [e["generation"] for e in chosen] == [1, 4, 6, 8]
+    assert choose_squishednets(lin[:3]) == [lin[1], lin[2]]
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_real_browser(real_lineage, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium on this machine (scripts/test.sh installs Debian's chromium)")
+    paths = write_report(real_lineage / "ev", tmp_path / "rep")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+           paths["html"].resolve().as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'data-images-ok="(\d+)/(\d+)"', dom)
+    assert m, "the page's load handler did not run"
+    assert m.group(1) == m.group(2) == "4", f"{m.group(1)} of {m.group(2)} images decoded"
+    assert dom.count("<tr") >= 1 + 5 + 1 + 5  # Table 1 (ancestor + paper rows) and the lineage table
+    shot = tmp_path / "shot.png"
+    subprocess.run([*cmd[:-2], f"--screenshot={shot}", "--window-size=1200,2400", paths["html"].resolve().as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000  # a page with pictures, not a blank one
+
+
+def test_export_command_with_int8(real_lineage, tmp_path, capsys):
+    ck = real_lineage / "ev" / "gen_04" / "model"
+    info = export_checkpoint(ck, tmp_path / "m.onnx", int8=True, calib_images=32)
+    assert info["int8_bytes"] < info["bytes"]
+    assert 0 <= info["int8_val_top1"] <= 1 and 0 <= info["fp32_val_top1"] <= 1 and info["val_images"] == 18
+    code = main(["export", str(ck), "--out", str(tmp_path / "x.txt")])
+    assert code == 2 and "must end in .onnx" in capsys.readouterr().err
+
+
+def test_cli_bench_and_report(real_lineage, tmp_path, capsys):
+    assert main(["bench", "squeezenet1_1", "--image-size", "48", "--runs", "2", "--threads", "1", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["models"][0]["params"] == 727_626
+    assert main(["report", str(real_lineage / "ev"), "--out", str(tmp_path / "r")]) == 0
+    assert "Table 1" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no lineage.json" in capsys.readouterr().err
+
+
+def test_run_whole_job_and_resume(tiny_data, tmp_path, capsys):
+    args = ["run", "--data", str(tiny_data), "--out", str(tmp_path / "job"), "--image-size", "32",
+            "--ancestor-epochs", "2", "--generations", "2", "--epochs-per-generation", "1", "--target-size-mb", "1.0",
+            "--threads", "1", "--bench-runs", "2", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert stage in out
+    job = tmp_path / "job"
+    assert (job / "report" / "report.html").exists() and (job / "export" / "ancestor.onnx").exists()
+    exports = json.loads((job / "export" / "export.json").read_text())
+    assert exports[0]["name"] == "ancestor" and all(e["max_abs_diff"] < 1e-3 for e in exports)
+    state = json.loads((job / "run.json").read_text())
+    assert set(state["stages"]) == {"ancestor", "evolve", "bench", "report", "export"}
+    mtime = (job / "evolve" / "gen_02" / "model" / "weights.safetensors").stat().st_mtime_ns
+    assert main(args) == 0  # resumes: nothing is trained again
+    assert (job / "evolve" / "gen_02" / "model" / "weights.safetensors").stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    changed = list(args)
+    changed[changed.index("--generations") + 1] = "3"
+    assert main(changed) == 2
+    assert "other settings (generations)" in capsys.readouterr().err

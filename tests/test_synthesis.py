@@ -1,0 +1,175 @@
+import math
+
+import pytest
+import torch
+
+from squishednets.genome import get_genome, squeezenet_design
+from squishednets.metrics import profile
+from squishednets.model import build, conv_units, fold_batchnorm
+from squishednets.synthesis import cluster_probabilities, encode, expected_params, round_keep, sample_clusters, \
+    shrink, solve_environment, sparse_bytes, synapse_probabilities, synthesize, zero_filters
+
+
+def _trained_like(g, seed=0):
+    """A network with non-trivial BN statistics and varied filter strengths."""
+    torch.manual_seed(seed)
+    m = build(g)
+    with torch.no_grad():
+        for _, u in conv_units(m):
+            u.conv.weight.mul_(torch.rand(u.conv.out_channels, 1, 1, 1) * 2)
+            if u.bn is not None:
+                u.bn.weight.uniform_(0.5, 1.5)
+                u.bn.bias.uniform_(-0.2, 0.2)
+    m.train()
+    for _ in range(2):
+        m(torch.randn(4, 3, 40, 40))
+    return m.eval()
+
+
+def _random_keep(m, gen, frac=0.6):
+    keep = {}
+    for name, u in conv_units(m):
+        n = u.conv.out_channels
+        k = max(1, int(n * frac))
+        keep[name] = torch.sort(torch.randperm(n, generator=gen)[:k]).values
+    return keep
+
+
+GENOMES = [
+    get_genome("squeezenet1_1", 10, batchnorm=True),
+    get_genome("squeezenet1_1", 3, batchnorm=False),
+    get_genome("squeezenet1_0", 5, batchnorm=True),
+    squeezenet_design(pct3x3=0.0, num_fires=3, num_classes=4),  # Fires with no 3x3 branch
+    squeezenet_design(pct3x3=1.0, num_fires=3, num_classes=4, batchnorm=True),  # no 1x1 branch
+]
+
+
+@pytest.mark.parametrize("g", GENOMES, ids=lambda g: f"{g.name}-bn{int(g.batchnorm)}")
+def test_shrunk_equals_zeroed_original(g):
+    m = _trained_like(g)
+    keep = _random_keep(m, torch.Generator().manual_seed(1))
+    small = shrink(m, keep).eval()
+    ref = zero_filters(m, keep).eval()
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), ref(x), rtol=0, atol=1e-5)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("unit", ["conv1", "fires.0.squeeze", "fires.2.expand1x1", "fires.5.expand3x3",
+                                  "fires.7.expand1x1"])
+def test_each_kind_of_layer_alone(unit):
+    g = get_genome("squeezenet1_1", 6, batchnorm=True)
+    m = _trained_like(g, 3)
+    n = dict(conv_units(m))[unit].conv.out_channels
+    keep = {unit: torch.tensor([i for i in range(n) if i % 3 != 1])}
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(shrink(m, keep)(x), zero_filters(m, keep)(x), rtol=0, atol=1e-5)
+
+
+def test_removing_nothing_changes_nothing():
+    g = get_genome("squeezenet1_1", 10, batchnorm=True)
+    m = _trained_like(g)
+    same = shrink(m, {})
+    assert same.genome == g
+    for (k, a), (_, b) in zip(m.state_dict().items(), same.state_dict().items()):
+        assert torch.equal(a, b), k
+    x = torch.randn(2, 3, 40, 40)
+    assert torch.equal(m(x), same(x))
+
+
+def test_parameter_count_matches_closed_form():
+    g = get_genome("squeezenet1_1", 10, batchnorm=True)
+    m = _trained_like(g)
+    small = shrink(m, _random_keep(m, torch.Generator().manual_seed(5), 0.37))
+    prof = profile(small.genome, 64)
+    assert sum(p.numel() for p in fold_batchnorm(small).parameters()) == prof.params
+    assert sum(p.numel() for p in small.parameters()) == prof.train_params
+    assert small.conv10.out_channels == 10  # classes are never removed
+
+
+def test_probability_models():
+    w = torch.tensor([[0.0, -1.0], [0.5, 2.0]])
+    p = synapse_probabilities(w)
+    assert p.max() == 1.0 and p[1, 1] == 1.0
+    assert p[0, 1] == pytest.approx(math.exp(-0.5)) and p[0, 0] == pytest.approx(math.exp(-1))
+    c = cluster_probabilities(torch.tensor([1.0, 4.0, 2.0]), sharpness=2.0)
+    assert c.tolist() == pytest.approx([math.exp(-1.5), 1.0, math.exp(-1.0)])
+
+
+def test_cluster_survival_frequency_matches_probability():
+    """Over 20,000 draws each cluster survives with frequency F(E) * p within
+    0.015 (more than 5 standard errors of a Bernoulli mean at this N)."""
+    p = torch.tensor([1.0, 0.9, 0.7, 0.5, 0.37])
+    gen = torch.Generator().manual_seed(0)
+    n, factor = 20_000, 0.8
+    counts = torch.zeros(5)
+    for _ in range(n):
+        counts += sample_clusters(p, factor, gen).float()
+    assert torch.allclose(counts / n, factor * p, atol=0.015)
+
+
+def test_round_keep_min_width_and_multiple():
+    p = torch.linspace(0.1, 1.0, 20)
+    none_alive = torch.zeros(20, dtype=torch.bool)
+    assert round_keep(none_alive, p, min_width=1).tolist() == [19]  # the most probable
+    assert round_keep(none_alive, p, min_width=3).tolist() == [17, 18, 19]
+    alive = torch.zeros(20, dtype=torch.bool)
+    alive[[0, 1, 2, 3, 5, 9, 10, 11, 12, 13, 14, 15, 16]] = True  # 13 alive
+    k = round_keep(alive, p, divisor=8)
+    assert len(k) == 16 and set(torch.nonzero(alive).flatten().tolist()) <= set(k.tolist())
+    assert len(round_keep(alive, p[:20], divisor=32)) == 20  # never more than the parent has
+    alive9 = torch.zeros(20, dtype=torch.bool)
+    alive9[:9] = True
+    assert len(round_keep(alive9, p, divisor=8)) == 8  # 9 rounds down: the least probable goes
+
+
+def test_solve_environment_hits_the_expected_size():
+    g = get_genome("squeezenet1_1", 10, batchnorm=True)
+    m = _trained_like(g)
+    full = profile(g, 64).params
+    for want in (0.8 * full, 0.5 * full):
+        f, k = solve_environment(m, want)
+        assert 0 < f <= 1
+        assert expected_params(g, encode(m, k), f) == pytest.approx(want, rel=1e-3)
+        # The sampled offspring land around the expectation.
+        gen = torch.Generator().manual_seed(0)
+        sizes = [profile(synthesize(m, f, gen, sharpness=k).model.genome, 64).params for _ in range(8)]
+        assert abs(sum(sizes) / len(sizes) - want) / want < 0.1
+    # A gentle target needs F = 1 and a lower sharpness.
+    f, k = solve_environment(m, 0.97 * full)
+    assert f == 1.0 and k < 1.0
+
+
+def test_synthesize_is_seeded_and_smaller():
+    g = get_genome("squeezenet1_1", 10, batchnorm=True)
+    m = _trained_like(g)
+    a = synthesize(m, 0.8, torch.Generator().manual_seed(4), divisor=8)
+    b = synthesize(m, 0.8, torch.Generator().manual_seed(4), divisor=8)
+    assert a.keep == b.keep and a.model.genome == b.model.genome
+    assert all(w % 8 == 0 or w == o for w, o in zip(a.model.genome.widths(), g.widths()))
+    assert profile(a.model.genome, 64).params < profile(g, 64).params
+    x = torch.randn(2, 3, 40, 40)
+    assert torch.equal(a.model(x), b.model(x))
+    scratch = synthesize(m, 0.8, torch.Generator().manual_seed(4), divisor=8, init="scratch")
+    assert scratch.model.genome == a.model.genome
+    assert not torch.equal(scratch.model.conv1.conv.weight, a.model.conv1.conv.weight)
+
+
+def test_synapse_level_masks_and_sparse_size():
+    g = get_genome("squeezenet1_1", 10, batchnorm=True)
+    m = _trained_like(g)
+    off = synthesize(m, 0.9, torch.Generator().manual_seed(0), synapse_factor=0.9)
+    assert off.masks and all(mk.shape == dict(off.model.named_parameters())[k].shape for k, mk in off.masks.items())
+    w = off.model.fires[3].expand3x3.conv.weight
+    assert (w[~off.masks["fires.3.expand3x3.conv.weight"]] == 0).all()
+    nnz, nbytes = sparse_bytes(off.model, off.masks)
+    dense = profile(off.model.genome, 64).params
+    assert nnz < dense
+    # The next generation inherits the masks: a dead synapse stays dead.
+    child = synthesize(off.model, 0.95, torch.Generator().manual_seed(1), parent_masks=off.masks)
+    assert child.masks is not None
+    for k, mk in child.masks.items():
+        assert (dict(child.model.named_parameters())[k][~mk] == 0).all()
+    assert sparse_bytes(child.model, child.masks)[0] < nnz
