@@ -27,7 +27,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], help="default sgd (Nesterov)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.2 for SGD, 2e-3 for AdamW)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 for SGD, 2e-3 for AdamW)")
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
     p.add_argument("--warmup-epochs", type=float, help=f"default {d.warmup_epochs}")
     p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")

@@ -226,7 +226,7 @@ def evolve(
     tcfg = TrainConfig(data=data, image_size=image_size, epochs=max(1, cfg.epochs), batch_size=cfg.batch_size,
                        optimizer=cfg.optimizer, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs,
                        weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,
-                       min_scale=float(anc.config.get("min_scale", 0.35)), threads=cfg.threads, device=cfg.device,
+                       min_scale=float(anc.config.get("min_scale", TrainConfig.min_scale)), threads=cfg.threads, device=cfg.device,
                        eval_every=0, channels_last=True)
 
     # Generation 0: the ancestor, measured the same way as its offspring.

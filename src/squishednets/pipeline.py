@@ -34,7 +34,7 @@ class RunConfig:
     image_size: int = 64
     ancestor_epochs: int = 60
     generations: int = 15
-    epochs_per_generation: int = 10
+    epochs_per_generation: int = 12
     target_size_mb: float = 0.49
     population: int = 1
     lr: float = 0.1
