@@ -264,7 +264,7 @@ def _emit(obj: Any) -> None:
 
 
 def _genome_for_info(target: str, classes: int | None):
-    from .checkpoint import is_checkpoint, load_checkpoint
+    from .checkpoint import load_checkpoint
     from .errors import GenomeError
     from .genome import get_genome, list_genomes, load_genome_file
 
@@ -276,8 +276,6 @@ def _genome_for_info(target: str, classes: int | None):
             g = load_checkpoint(p).genome
         elif p.exists():
             g = load_genome_file(p)
-        elif is_checkpoint(p):  # pragma: no cover
-            g = load_checkpoint(p).genome
         else:
             raise GenomeError(f"'{target}' is neither a registered genome ({', '.join(list_genomes())}), "
                               f"a genome JSON file nor a checkpoint folder")
@@ -367,6 +365,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from .checkpoint import load_checkpoint
@@ -385,7 +384,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
             arrays.append(decode_image(p, size))
         except Exception as e:
             raise DataError(f"{p} is not a readable image ({type(e).__name__}); pass JPEG, PNG or another image") from None
-    x = normalize_batch(torch.from_numpy(__import__("numpy").stack(arrays)))
+    x = normalize_batch(torch.from_numpy(np.stack(arrays)))
     with torch.inference_mode():
         probs = torch.softmax(ck.model(x), 1)
     out = []

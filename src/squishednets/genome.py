@@ -309,8 +309,12 @@ def get_genome(name: str, num_classes: int | None = None, batchnorm: bool | None
     return g
 
 
-def _fires(*triples: tuple[int, int, int]) -> tuple[FireSpec, ...]:
-    return tuple(FireSpec(*t) for t in triples)
+# Fire widths (squeeze, expand1x1, expand3x3) shared by v1.0 and v1.1: the
+# two differ in conv1 and in where they pool (v1.1 downsamples earlier).
+_SQUEEZENET_FIRES = tuple(FireSpec(*t) for t in (
+    (16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128),
+    (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256),
+))
 
 
 @register("squeezenet1_0")
@@ -320,10 +324,7 @@ def squeezenet1_0() -> Genome:
         name="squeezenet1_0",
         num_classes=1000,
         stem=StemSpec(filters=96, kernel=7, stride=2),
-        fires=_fires(
-            (16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128),
-            (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256),
-        ),
+        fires=_SQUEEZENET_FIRES,
         pool_after=(0, 3, 7),
     )
 
@@ -336,10 +337,7 @@ def squeezenet1_1() -> Genome:
         name="squeezenet1_1",
         num_classes=1000,
         stem=StemSpec(filters=64, kernel=3, stride=2),
-        fires=_fires(
-            (16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128),
-            (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256),
-        ),
+        fires=_SQUEEZENET_FIRES,
         pool_after=(0, 2, 4),
     )
 
