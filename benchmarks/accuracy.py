@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common import write_result
 
+from squishednets.bench import CpuMonitor
 from squishednets.train import DEFAULT_DATA, TrainConfig, run_training
 
 
@@ -42,10 +43,12 @@ def main() -> None:
             shutil.rmtree(out)
         cfg = TrainConfig(data=args.data, image_size=size, epochs=epochs, seed=args.seed, eval_every=0, **extra)
         t0 = time.perf_counter()
-        m = run_training(cfg, out, progress=False)
+        with CpuMonitor() as mon:
+            m = run_training(cfg, out, progress=False)
         wall = time.perf_counter() - t0
         results.append({"image_size": size, "epochs": epochs, "seed": args.seed, **extra, "top1": m["top1"], "top5": m["top5"],
                         "wall_s": wall, "train_time_s": m["train_time_s"], "train_img_s": m["train_img_s"],
+                        "other_cpu_cores": mon.other_cores, "machine_busy": mon.busy,
                         "checkpoint": str(out / "model")})
         print(results[-1], flush=True)
         write_result(args.name, {"data": args.data, "split": "val", "runs": results})

@@ -119,3 +119,19 @@ def test_kill_9_mid_generation_then_resume_gives_the_same_lineage(ancestor, tmp_
     wa = load_checkpoint(ref / "gen_03" / "model").model.state_dict()
     wb = load_checkpoint(run / "gen_03" / "model").model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_synapse_level_lineage_reports_sparse_size(ancestor, tmp_path):
+    from squishednets.report import write_report
+
+    lineage = evolve(ancestor, tmp_path / "ev", small_cfg(generations=2, population=1, synapse_level=True,
+                                                          synapse_factor=0.9), progress=False)
+    last = lineage[-1]
+    assert last["nonzero_params"] < last["params"]  # dense size stays the headline
+    assert last["sparse_bytes"] < 4 * last["params"] * 1.5
+    ck = load_checkpoint(tmp_path / "ev" / last["path"])
+    assert ck.masks is not None
+    w = dict(ck.model.named_parameters())
+    assert all((w[k][~m] == 0).all() for k, m in ck.masks.items())  # the mask held while training
+    page = write_report(tmp_path / "ev")["html"].read_text()
+    assert "Sparse size (MB)" in page and "Non-zero params" in page

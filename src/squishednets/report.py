@@ -216,7 +216,8 @@ img {{ max-width: 100%; }}
 <p class="small">{rule}</p>
 <h2>Every generation</h2>
 <table id="lineage"><thead><tr><th>Generation</th><th>Size (MB)</th><th>Parameters</th><th>MACs</th>
-<th>Val top-1</th><th>Held-out top-1</th><th>F(E)</th><th>images/s (ORT, b32)</th><th>latency b1 (ms)</th></tr></thead><tbody>
+<th>Val top-1</th><th>Held-out top-1</th><th>F(E)</th><th>k</th>{sparse_head}<th>images/s (ORT, b32)</th>
+<th>latency b1 (ms)</th></tr></thead><tbody>
 {lineage_rows}
 </tbody></table>
 <h2>Plots</h2>
@@ -270,10 +271,21 @@ def write_report(run: str | Path, out: str | Path | None = None, bench: dict[int
         f"<td>{r['size_mb']:.2f}</td><td>{r['reduction_vs_squeezenet11']:.2f}×</td><td>{r['reduction_vs_alexnet']:.0f}×</td>"
         f"<td>{_fmt(r['img_s_b32'], '.1f')}</td><td>{r['top1'] * 100:.1f}%</td><td>{_fmt(r['macs'], ',')}</td></tr>"
         for r in rows)
+    # Synapse-level runs keep dense sizes as the headline, with the sparse
+    # figures beside them.
+    sparse = bool(cfg.get("synapse_level"))
+    sparse_head = "<th>Non-zero params</th><th>Sparse size (MB)</th>" if sparse else ""
+
+    def sparse_cells(e: dict[str, Any]) -> str:
+        if not sparse:
+            return ""
+        sb = e.get("sparse_bytes")
+        return f"<td>{_fmt(e.get('nonzero_params'), ',')}</td><td>{_fmt(sb and sb / 1e6, '.3f')}</td>"
+
     lin_html = "\n".join(
         f"<tr><td>{e['generation']}</td><td>{e['size_mb']:.3f}</td><td>{e['params']:,}</td><td>{e['macs']:,}</td>"
         f"<td>{e['top1'] * 100:.2f}%</td><td>{_fmt(e.get('holdout_top1') and e['holdout_top1'] * 100, '.2f')}</td>"
-        f"<td>{_fmt(e.get('env_factor'), '.3f')}</td>"
+        f"<td>{_fmt(e.get('env_factor'), '.3f')}</td><td>{_fmt(e.get('sharpness'), '.3f')}</td>{sparse_cells(e)}"
         f"<td>{_fmt(bench.get(e['generation'], {}).get('ort_b32_img_s'), '.1f')}</td>"
         f"<td>{_fmt(bench.get(e['generation'], {}).get('ort_b1_ms'), '.2f')}</td></tr>"
         for e in lineage)
@@ -285,7 +297,7 @@ def write_report(run: str | Path, out: str | Path | None = None, bench: dict[int
     rule = ("SquishedNet-1…4: the Pareto-optimal evolved generations (no other is both smaller and at least as "
             "accurate), four of them picked nearest to sizes spaced evenly in log scale over the front.")
     page = _HTML.format(title=html.escape(run.name), context=html.escape(context), rows=row_html,
-                        lineage_rows=lin_html, figures=fig_html, rule=rule)
+                        lineage_rows=lin_html, figures=fig_html, rule=rule, sparse_head=sparse_head)
     atomic_write_text(out / "report.html", page)
     return {"markdown": out / "table1.md", "csv": out / "table1.csv", "json": out / "table1.json",
             "html": out / "report.html"}
