@@ -112,3 +112,71 @@ def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "squishednets.cli", "info", "squeezenet1_0", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and json.loads(r.stdout)["params"] == 1_248_424
+
+
+def _bad_data(kind, tmp_path, tiny_data):
+    """Make the bad input ``kind``; return (argv for `train`, expected message)."""
+    out = ["--out", str(tmp_path / "run"), "--no-progress", "--image-size", "32", "--epochs", "1"]
+    if kind == "missing":
+        return ["--data", str(tmp_path / "nope")] + out, "does not exist"
+    if kind == "file_for_folder":
+        (tmp_path / "f").write_text("x")
+        return ["--data", str(tmp_path / "f")] + out, "is a file, not a folder"
+    if kind == "empty_folder":
+        (tmp_path / "e" / "train").mkdir(parents=True)
+        (tmp_path / "e" / "val").mkdir()
+        return ["--data", str(tmp_path / "e")] + out, "has no class folders"
+    if kind == "empty_class":
+        (tiny_data / "train" / "zz").mkdir()
+        return ["--data", str(tiny_data)] + out, "class 'zz'"
+    if kind == "corrupt_jpeg":
+        good = (tiny_data / "train" / "a" / "a_0.jpg").read_bytes()
+        (tiny_data / "train" / "a" / "cut.jpg").write_bytes(good[:200])
+        return ["--data", str(tiny_data), "--strict"] + out, "cut.jpg"
+    if kind == "text_as_jpg":
+        (tiny_data / "val" / "b" / "readme.jpg").write_text("not an image")
+        return ["--data", str(tiny_data), "--strict"] + out, "readme.jpg"
+    if kind == "class_mismatch":
+        (tiny_data / "val" / "c").rename(tiny_data / "val" / "q")
+        return ["--data", str(tiny_data)] + out, "different classes"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing", "file_for_folder", "empty_folder", "empty_class", "corrupt_jpeg",
+                                  "text_as_jpg", "class_mismatch"])
+def test_bad_data_through_the_cli(capsys, tmp_path, tiny_data, kind):
+    argv, msg = _bad_data(kind, tmp_path, tiny_data)
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    code, out, err = run(capsys, "train", *argv)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and msg in err
+    # No run folder was left behind to block the corrected command, and no input was touched.
+    assert not (tmp_path / "run").exists()
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize("change,msg", [
+    (lambda d: d["fires"][1].update(expand1x1=-8), "expand1x1 must be >= 0"),
+    (lambda d: d.update(width=2), "unknown key(s) ['width']"),
+    (lambda d: d.update(version=0), "version 0 is not supported"),
+])
+def test_bad_genome_json_through_the_cli(capsys, tmp_path, change, msg):
+    d = get_genome("squeezenet1_1", 10).to_dict()
+    change(d)
+    f = tmp_path / "g.json"
+    f.write_text(json.dumps(d))
+    code, _, err = run(capsys, "info", f)
+    assert code == 2 and err.count("\n") == 1 and msg in err
+
+
+def test_checkpoint_that_does_not_fit_through_the_cli(capsys, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from squishednets.checkpoint import save_checkpoint
+    from squishednets.model import build
+
+    save_checkpoint(tmp_path / "ck", build(get_genome("squeezenet1_1", 3)), {}, {"image_size": 32})
+    w = load_file(str(tmp_path / "ck" / "weights.safetensors"))
+    del w["conv10.bias"]
+    save_file(w, str(tmp_path / "ck" / "weights.safetensors"))
+    code, _, err = run(capsys, "info", tmp_path / "ck")
+    assert code == 2 and "weights do not fit the genome" in err and "conv10.bias" in err and err.count("\n") == 1

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import load_weights_into, save_checkpoint
 from .errors import ConfigError, CheckpointError
-from .io import atomic_dir, recover_dir
+from .io import atomic_dir, atomic_write_json, recover_dir
 from .data import Split, augment_batch, normalize_batch
 
 __all__ = ["TrainConfig", "fit", "evaluate", "lr_at", "pick_device", "set_threads", "param_groups",
@@ -367,26 +367,28 @@ def run_training(
         raise ConfigError(f"--out {out} is a file; choose a folder for the run")
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"run folder {out} already exists; pass --resume to continue it or choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
     if (out / "model" / "metrics.json").exists() and resume:
         return json.loads((out / "model" / "metrics.json").read_text())
+    # Data and genome are checked before the run folder exists, so that bad
+    # input leaves nothing behind that would block the corrected command.
+    train, val = load_dataset(cfg.data, cfg.image_size, cfg.cache_dir or None, cfg.strict, progress=progress)
+    genome: Genome
+    if cfg.model in list_genomes():
+        genome = get_genome(cfg.model, num_classes=len(train.classes), batchnorm=cfg.batchnorm)
+    elif cfg.model.endswith(".json") or os.path.sep in cfg.model:
+        genome = load_genome_file(cfg.model).with_classes(len(train.classes))
+    else:
+        raise ConfigError(f"unknown model '{cfg.model}'; use one of {list_genomes()} or a genome JSON file")
+    out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("squishednets").addHandler(handler)
     logging.getLogger("squishednets").setLevel(logging.INFO)
     try:
-        train, val = load_dataset(cfg.data, cfg.image_size, cfg.cache_dir or None, cfg.strict, progress=progress)
-        genome: Genome
-        if cfg.model in list_genomes():
-            genome = get_genome(cfg.model, num_classes=len(train.classes), batchnorm=cfg.batchnorm)
-        elif cfg.model.endswith(".json") or os.path.sep in cfg.model:
-            genome = load_genome_file(cfg.model).with_classes(len(train.classes))
-        else:
-            raise ConfigError(f"unknown model '{cfg.model}'; use one of {list_genomes()} or a genome JSON file")
         torch.manual_seed(cfg.seed)
         model = build(genome)
         cfg_dict = {**asdict(cfg), "classes": train.classes}
-        (out / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
+        atomic_write_json(out / "config.json", cfg_dict)
         t0 = time.perf_counter()
         result = fit(model, train.images, train.labels, cfg, state_dir=out / "state",
                      eval_sets={"val": (val.images, val.labels)}, progress=progress,
