@@ -40,7 +40,7 @@ def main() -> None:
     doc = json.loads((run / "evolve" / "lineage.json").read_text())
     lineage = doc["generations"]
     keys = ("generation", "name", "params", "size_mb", "reduction_vs_squeezenet11", "macs", "top1", "holdout_top1",
-            "wall_s", "env_factor", "sharpness", "widths", "seed")
+            "wall_s", "target_size_mb", "env_factor", "sharpness", "widths", "seed")
     entries = [{k: e.get(k) for k in keys} for e in lineage]
     anc = lineage[0]
     small = min(lineage, key=lambda e: e["size_mb"])

@@ -110,6 +110,7 @@ def test_report_from_a_real_lineage(real_lineage, tmp_path):
     assert len(csv_lines) == len(rows) + 1
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 4 and 'id="table1"' in page
+    assert (tmp_path / "rep" / "top1_vs_size.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_pareto_and_choice_rule():
@@ -189,3 +190,9 @@ def test_run_whole_job_and_resume(tiny_data, tmp_path, capsys):
     changed[changed.index("--generations") + 1] = "3"
     assert main(changed) == 2
     assert "other settings (generations)" in capsys.readouterr().err
+
+
+def test_run_with_bad_data_pins_nothing(tmp_path, tiny_data, capsys):
+    job = tmp_path / "job"
+    assert main(["run", "--data", str(tmp_path / "nope"), "--out", str(job), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not job.exists()

@@ -37,6 +37,7 @@ __all__ = [
     "scan_split",
     "load_split",
     "load_dataset",
+    "check_dataset",
     "decode_image",
     "augment_batch",
     "normalize_batch",
@@ -234,11 +235,9 @@ def _warn_skipped(skipped: list[str]) -> None:
         log.warning(_skipped_message(skipped, strict=False))
 
 
-def load_dataset(
-    root: str | Path, image_size: int, cache_dir: str | Path | None = None, strict: bool = False,
-    progress: bool = False,
-) -> tuple[Split, Split]:
-    """Train and val splits; their class sets must agree."""
+def check_dataset(root: str | Path) -> list[str]:
+    """Cheap structural check of a class-per-folder set (no decoding): both
+    splits exist, have classes with files, and the same classes. Returns them."""
     root = Path(root)
     tc, _ = scan_split(root, "train")
     vc, _ = scan_split(root, "val")
@@ -248,6 +247,16 @@ def load_dataset(
             f"train and val have different classes (only in train: {only_t or 'none'}; only in val: "
             f"{only_v or 'none'}); give both splits the same class folders"
         )
+    return tc
+
+
+def load_dataset(
+    root: str | Path, image_size: int, cache_dir: str | Path | None = None, strict: bool = False,
+    progress: bool = False,
+) -> tuple[Split, Split]:
+    """Train and val splits; their class sets must agree."""
+    root = Path(root)
+    check_dataset(root)
     train = load_split(root, "train", image_size, cache_dir, strict, progress=progress)
     val = load_split(root, "val", image_size, cache_dir, strict, progress=progress)
     return train, val

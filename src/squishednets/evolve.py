@@ -174,6 +174,7 @@ def _entry(g: int, ck: Checkpoint, image_size: int, run: Path) -> dict[str, Any]
         "seed": m.get("seed"),
         "parent": m.get("parent"),
         "env_factor": m.get("env_factor"),
+        "target_size_mb": m["target_params"] * 4 / 1e6 if m.get("target_params") else None,
         "sharpness": m.get("sharpness"),
         "synapse_factor": m.get("synapse_factor"),
         "candidates": m.get("candidates"),

@@ -69,7 +69,13 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
     from .report import choose_squishednets, write_report
     from .train import TrainConfig, run_training
 
+    from .data import check_dataset
+
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; choose a folder for the run")
+    # Bad data fails here, before run.json pins the configuration.
+    check_dataset(cfg.data)
     state_path = out / "run.json"
     resolved = asdict(cfg)
     state: dict[str, Any] = {"config": resolved, "stages": {}}

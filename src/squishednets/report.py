@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SquishedError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import ALEXNET_MB, SQUEEZENET11_MB
 
 __all__ = ["PAPER_TABLE1", "pareto_front", "choose_squishednets", "build_table", "write_report"]
@@ -266,6 +266,8 @@ def write_report(run: str | Path, out: str | Path | None = None, bench: dict[int
     atomic_write_json(out / "table1.json", {"context": context, "rule": __doc__.split("Choosing")[1].strip(),
                                             "rows": rows})
     figs = _plots(lineage, bench, chosen)
+    for name, b64 in figs.items():  # also as files, for READMEs and slides
+        atomic_write_bytes(out / f"{name}.png", base64.b64decode(b64))
     row_html = "\n".join(
         f"<tr class=\"{'paper' if r['source'] != 'ours' else 'ours'}\"><td>{html.escape(r['name'])}</td>"
         f"<td>{r['size_mb']:.2f}</td><td>{r['reduction_vs_squeezenet11']:.2f}×</td><td>{r['reduction_vs_alexnet']:.0f}×</td>"
