@@ -36,8 +36,11 @@ def test_lineage_shrinks_and_records_everything(ancestor, tmp_path):
     assert [e["generation"] for e in lineage] == [0, 1, 2, 3]
     sizes = [e["size_mb"] for e in lineage]
     assert all(b < a for a, b in zip(sizes, sizes[1:]))  # every offspring physically smaller
-    # The target mode follows its geometric path to within sampling noise.
-    assert sizes[-1] == pytest.approx(sizes[0] / 3, rel=0.25)
+    # The target mode follows its geometric path; drawing several offspring
+    # keeps the last one close to the target.
+    assert sizes[-1] == pytest.approx(sizes[0] / 3, rel=0.05)
+    for e in lineage[1:]:
+        assert e["size_mb"] == pytest.approx(e["target_size_mb"], rel=0.1)
     doc = json.loads((tmp_path / "ev" / "lineage.json").read_text())
     assert len(doc["generations"]) == 4
     for e in doc["generations"][1:]:

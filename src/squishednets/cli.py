@@ -103,6 +103,7 @@ _EVOLVE_HELP = {
     "target_size_mb": "target mode: reach this dense fp32 size (MB) after the last generation",
     "target_reduction": "target mode: end this many times smaller than the ancestor",
     "sharpness": "k in p = exp(k (s / Z - 1)); 1 as in the papers",
+    "size_draws": "target mode: offspring drawn per candidate, the one nearest the target size kept (1: plain)",
     "synapse_level": "also sample synapses inside surviving filters (fixed masks; sparse size reported)",
     "synapse_factor": "F(E) at synapse level",
     "min_width": "fewest filters a layer keeps",

@@ -54,6 +54,7 @@ class EvolveConfig:
     target_size_mb: float = 0.0  # target mode: final dense fp32 size
     target_reduction: float = 0.0  # target mode: final size = ancestor / this
     sharpness: float = 1.0  # k in p = exp(k (s / Z - 1)); the papers use 1
+    size_draws: int = 16  # target mode: offspring drawn per candidate, the nearest the target kept
     synapse_level: bool = False
     synapse_factor: float = 0.98  # F(E) at synapse level, when synapse_level
     min_width: int = 1
@@ -89,6 +90,8 @@ class EvolveConfig:
             raise ConfigError(f"--env-factor must be below 1 (a resource-starved environment), got {self.env_factor}")
         if self.target_reduction and self.target_reduction <= 1:
             raise ConfigError(f"--target-reduction must be > 1 (times smaller than the ancestor), got {self.target_reduction}")
+        if self.size_draws < 1:
+            raise ConfigError("--size-draws must be >= 1")
         if not 0 < self.synapse_factor <= 1:
             raise ConfigError("--synapse-factor must be in (0, 1]")
         if self.init not in ("inherit", "scratch"):
@@ -275,10 +278,20 @@ def evolve(
             t0 = time.perf_counter()
             seed = cfg.seed * 1_000_003 + g * 1_009 + k
             gen = torch.Generator().manual_seed(seed)
-            off = synthesize(parent.model, factor, gen, sharpness=sharp, min_width=cfg.min_width,
-                             divisor=cfg.round_to, name=f"{anc.genome.name}-gen{g:02d}", init=cfg.init,
-                             synapse_factor=cfg.synapse_factor if cfg.synapse_level else None,
-                             parent_masks=parent.masks)
+            # Widths rounded to multiples of 8 are coarse in thin layers, so one
+            # draw can land well off the generation's target. In target mode
+            # several offspring are drawn (cheap: no training) and the one
+            # nearest the target size lives; all draws come from the seed.
+            off, off_err = None, float("inf")
+            for _ in range(cfg.size_draws if want is not None else 1):
+                o = synthesize(parent.model, factor, gen, sharpness=sharp, min_width=cfg.min_width,
+                               divisor=cfg.round_to, name=f"{anc.genome.name}-gen{g:02d}", init=cfg.init,
+                               synapse_factor=cfg.synapse_factor if cfg.synapse_level else None,
+                               parent_masks=parent.masks)
+                err = abs(profile(o.model.genome, image_size).params - want) if want is not None else 0.0
+                if err < off_err:
+                    off, off_err = o, err
+            assert off is not None
             child = off.model
             synth_s = time.perf_counter() - t0
             ccfg = dataclasses.replace(tcfg, seed=seed)
