@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from common import write_result
 
-from squishednets.bench import BenchConfig, bench_model
+from squishednets.bench import BenchConfig, bench_model, matmul_gflops
 from squishednets.checkpoint import load_checkpoint
 from squishednets.report import choose_squishednets
 
@@ -67,11 +68,15 @@ def main() -> None:
     chosen = choose_squishednets(lineage)
     picks = [("ancestor", anc)] + [(f"SquishedNet-{i + 1}", e) for i, e in enumerate(chosen)]
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sorted({doc["config"]["image_size"], 224})
+    # One matmul rate for the whole run (median of 5), so that efficiencies
+    # are comparable across models and not at the mercy of one noisy timing.
+    rates = [matmul_gflops() for _ in range(5)]
+    rate = statistics.median(rates)
     models = []
     for size in sizes:
         for name, e in picks:
             ck = load_checkpoint(run / "evolve" / e["path"])
-            r = bench_model(ck.model, BenchConfig(image_size=size, runs=args.runs))
+            r = bench_model(ck.model, BenchConfig(image_size=size, runs=args.runs), matmul_rate=rate)
             models.append({"name": name, "generation": e["generation"], "top1": e["top1"], **r})
             print(f"{size}px {name}: ORT {r['ort_b32_img_s']:.1f} img/s, eff {r['ort_efficiency']:.1%}", flush=True)
     goals = {}
@@ -81,7 +86,8 @@ def main() -> None:
         for k in ("eager", "cl", "ort"):
             goals[f"{k}_speedup_smallest_vs_ancestor_{size}px"] = s[f"{k}_b32_img_s"] / a[f"{k}_b32_img_s"]
             goals[f"{k}_efficiency_ancestor_{size}px"] = a[f"{k}_efficiency"]
-    write_result("bench_lineage", {"run": str(run), "sizes": sizes, "goals": goals, "models": models,
+    write_result("bench_lineage", {"run": str(run), "sizes": sizes, "matmul_gflops_runs": rates, "matmul_gflops": rate,
+                                   "goals": goals, "models": models,
                                    "machine_busy": any(m["machine_busy"] for m in models)})
 
 

@@ -61,7 +61,7 @@ def test_failed_parity_check_is_an_error(tmp_path):
 
 
 def test_bench_schema(tmp_path):
-    r = bench_model(_bn_model(), BenchConfig(image_size=48, runs=3, warmup=1, threads=1))
+    r = bench_model(_bn_model(), BenchConfig(image_size=48, runs=3, warmup=1, threads=1, min_time=0.0))
     assert BENCH_KEYS <= set(r)
     assert r["ort_b32_img_s"] > 0 and r["eager_b1_ms"] > 0 and 0 < r["ort_efficiency"] < 5
     assert r["fits_budget"] == (r["params_plus_activations_kb"] <= 8192)
@@ -91,7 +91,7 @@ def real_lineage(tmp_path_factory):
 
 
 def test_bench_a_whole_lineage(real_lineage):
-    r = bench_target(real_lineage / "ev", BenchConfig(image_size=40, runs=2, warmup=1, threads=1))
+    r = bench_target(real_lineage / "ev", BenchConfig(image_size=40, runs=2, warmup=1, threads=1, min_time=0.0))
     assert len(r["models"]) == 5 and [m["generation"] for m in r["models"]] == [0, 1, 2, 3, 4]
     assert all(BENCH_KEYS <= set(m) for m in r["models"])
     assert (real_lineage / "ev" / "bench.json").exists()
@@ -159,7 +159,8 @@ def test_export_command_with_int8(real_lineage, tmp_path, capsys):
 
 
 def test_cli_bench_and_report(real_lineage, tmp_path, capsys):
-    assert main(["bench", "squeezenet1_1", "--image-size", "48", "--runs", "2", "--threads", "1", "--json"]) == 0
+    assert main(["bench", "squeezenet1_1", "--image-size", "48", "--runs", "2", "--min-time", "0", "--threads", "1",
+                 "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["models"][0]["params"] == 727_626
     assert main(["report", str(real_lineage / "ev"), "--out", str(tmp_path / "r")]) == 0
@@ -171,7 +172,7 @@ def test_cli_bench_and_report(real_lineage, tmp_path, capsys):
 def test_run_whole_job_and_resume(tiny_data, tmp_path, capsys):
     args = ["run", "--data", str(tiny_data), "--out", str(tmp_path / "job"), "--image-size", "32",
             "--ancestor-epochs", "2", "--generations", "2", "--epochs-per-generation", "1", "--target-size-mb", "1.0",
-            "--threads", "1", "--bench-runs", "2", "--no-progress"]
+            "--threads", "1", "--bench-runs", "2", "--bench-min-time", "0", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
     for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):

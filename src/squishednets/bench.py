@@ -116,8 +116,9 @@ def matmul_gflops(n: int = 1024, runs: int = 10) -> float:
 class BenchConfig:
     image_size: int = 224
     batch: int = 32
-    runs: int = 20
+    runs: int = 20  # at least this many timed calls per figure...
     warmup: int = 3
+    min_time: float = 1.0  # ...and at least this many seconds, so fast models get enough samples
     threads: int = 0
     budget_kb: int = 8192
     backends: tuple[str, ...] = ("eager", "channels_last", "ort")
@@ -171,8 +172,8 @@ def bench_model(model: torch.nn.Module, cfg: BenchConfig, onnx_path: str | Path 
 
     def record(prefix: str, run32: Callable[[], Any], run1: Callable[[], Any]) -> None:
         with CpuMonitor() as mon:
-            t32 = statistics.median(time_fn(run32, cfg.runs, cfg.warmup))
-            t1 = statistics.median(time_fn(run1, cfg.runs, cfg.warmup))
+            t32 = statistics.median(time_fn(run32, cfg.runs, cfg.warmup, cfg.min_time))
+            t1 = statistics.median(time_fn(run1, cfg.runs, cfg.warmup, cfg.min_time))
         if mon.other_cores is not None:
             other.append(mon.other_cores)
         res[f"{prefix}_b{cfg.batch}_img_s"] = cfg.batch / t32
@@ -231,7 +232,7 @@ def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_js
     else:
         raise SquishedError(f"'{target}' is neither a registered genome, a checkpoint nor an evolve run folder")
     with CpuMonitor() as mon:
-        rate = statistics.median([matmul_gflops() for _ in range(3)])
+        rate = statistics.median([matmul_gflops() for _ in range(5)])
     models = []
     it = items
     if progress:

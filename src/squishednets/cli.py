@@ -159,7 +159,8 @@ def _product_parsers(sub: Any) -> None:
     p.add_argument("target", help="registered genome, checkpoint, or evolve run folder (then every generation)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--runs", type=int, default=20, help="timed runs per figure (medians are reported)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per figure, at least (medians are reported)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per figure, at least")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--budget-kb", type=int, default=8192, help="on-chip budget for parameters + activations")
     p.add_argument("--classes", type=int, default=10, help="classes, for a registered genome")
@@ -194,7 +195,8 @@ _EXTRA_PARSERS.append(_product_parsers)
 def cmd_bench(a: argparse.Namespace) -> int:
     from .bench import BenchConfig, bench_target
 
-    cfg = BenchConfig(image_size=a.image_size, batch=a.batch, runs=a.runs, threads=a.threads, budget_kb=a.budget_kb)
+    cfg = BenchConfig(image_size=a.image_size, batch=a.batch, runs=a.runs, threads=a.threads, budget_kb=a.budget_kb,
+                      min_time=a.min_time)
     r = bench_target(a.target, cfg, classes=a.classes, out_json=a.out, progress=not a.json)
     if a.json:
         _emit(r)

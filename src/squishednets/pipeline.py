@@ -43,6 +43,7 @@ class RunConfig:
     threads: int = 0
     device: str = "auto"
     bench_runs: int = 20
+    bench_min_time: float = 1.0
 
     def __post_init__(self) -> None:
         if self.target_size_mb <= 0:
@@ -81,7 +82,9 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
     state: dict[str, Any] = {"config": resolved, "stages": {}}
     if state_path.exists():
         old = json.loads(state_path.read_text())
-        diff = sorted(k for k in resolved if k not in ("threads", "device") and old["config"].get(k) != resolved[k])
+        # Options added in later versions count as their defaults in older runs.
+        old_cfg = {**asdict(RunConfig()), **old["config"]}
+        diff = sorted(k for k in resolved if k not in ("threads", "device") and old_cfg.get(k) != resolved[k])
         if diff:
             raise ConfigError(f"{out} was started with other settings ({', '.join(diff)}); "
                               "run again with the same options to resume, or choose a new --out")
@@ -122,7 +125,7 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
     fresh = bench_path.exists() and len(json.loads(bench_path.read_text())["models"]) == len(lineage)
     if not fresh:
         bench_target(out / "evolve", BenchConfig(image_size=cfg.image_size, runs=cfg.bench_runs,
-                                                 threads=cfg.threads), progress=progress)
+                                                 min_time=cfg.bench_min_time, threads=cfg.threads), progress=progress)
     done("bench", {"path": str(bench_path)})
 
     say("[4/5] writing the report")
