@@ -116,6 +116,17 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str, legend: bool = True, logx: bool = False) -> None:
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+
+
 def _plots(lineage: list[dict[str, Any]], bench: dict[int, dict[str, Any]], chosen: list[dict[str, Any]]) -> dict[str, str]:
     import matplotlib
 
@@ -136,12 +147,7 @@ def _plots(lineage: list[dict[str, Any]], bench: dict[int, dict[str, Any]], chos
                edgecolors="tab:red", label="chosen SquishedNets")
     ax.plot([p[1] for p in PAPER_TABLE1], [p[3] * 100 for p in PAPER_TABLE1], "s--", color="tab:gray",
             label="paper (ImageNet-10, 224 px)")
-    ax.set_xscale("log")
-    ax.set_xlabel("model size (MB, fp32, log scale)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("Top-1 against size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "model size (MB, fp32, log scale)", "top-1 (%)", "Top-1 against size", logx=True)
     figs["top1_vs_size"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -153,13 +159,8 @@ def _plots(lineage: list[dict[str, Any]], bench: dict[int, dict[str, Any]], chos
         if pts:
             any_speed = True
             ax.plot(*zip(*pts), "o-", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("model size (MB, log scale)")
-    ax.set_ylabel("images/s at batch 32 (this machine)")
-    ax.set_title("Speed against size" + ("" if any_speed else " (not benchmarked)"))
-    ax.grid(alpha=0.3)
-    if any_speed:
-        ax.legend(fontsize=8)
+    _finish(ax, "model size (MB, log scale)", "images/s at batch 32 (this machine)",
+            "Speed against size" + ("" if any_speed else " (not benchmarked)"), legend=any_speed, logx=True)
     figs["speed_vs_size"] = _png(fig)
 
     names = ["conv1"] + [f"fire{i + 2}.{b}" for i in range((len(lineage[0]["widths"]) - 1) // 3)
@@ -184,11 +185,7 @@ def _plots(lineage: list[dict[str, Any]], bench: dict[int, dict[str, Any]], chos
         if h:
             ax.plot([r["epoch"] for r in h], [r["loss"] for r in h], color=cmap(e["generation"] / max(1, len(lineage))),
                     label=f"gen {e['generation']}" if e["generation"] in (0, len(lineage) - 1) else None)
-    ax.set_xlabel("epoch (within its generation)")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training curves (colour: generation)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "epoch (within its generation)", "training loss", "Training curves (colour: generation)")
     figs["training_curves"] = _png(fig)
     return figs
 
