@@ -75,7 +75,7 @@ def build_table(lineage: list[dict[str, Any]], bench: dict[int, dict[str, Any]] 
     bench = bench or {}
     rows = []
     chosen = choose_squishednets(lineage)
-    picks = [(f"Ancestor (gen 0)", lineage[0])] + [(f"SquishedNet-{i + 1} (gen {e['generation']})", e)
+    picks = [("Ancestor (gen 0)", lineage[0])] + [(f"SquishedNet-{i + 1} (gen {e['generation']})", e)
                                                     for i, e in enumerate(chosen)]
     for name, e in picks:
         b = bench.get(e["generation"], {})

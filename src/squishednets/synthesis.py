@@ -31,7 +31,7 @@ from typing import Protocol
 
 import torch
 
-from .genome import FireSpec, Genome, make_divisible
+from .genome import FireSpec, Genome
 from .model import ConvUnit, SqueezeNet, build, conv_units, fold_batchnorm
 
 __all__ = [

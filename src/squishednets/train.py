@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from .checkpoint import load_weights_into, save_checkpoint
 from .errors import ConfigError, CheckpointError
 from .io import atomic_dir, atomic_write_json, recover_dir
-from .data import Split, augment_batch, normalize_batch
+from .data import augment_batch, normalize_batch
 
 __all__ = ["TrainConfig", "fit", "evaluate", "lr_at", "pick_device", "set_threads", "param_groups",
            "run_training", "DEFAULT_DATA"]
