@@ -148,6 +148,8 @@ def test_synthesize_is_seeded_and_smaller():
     a = synthesize(m, 0.8, torch.Generator().manual_seed(4), divisor=8)
     b = synthesize(m, 0.8, torch.Generator().manual_seed(4), divisor=8)
     assert a.keep == b.keep and a.model.genome == b.model.genome
+    c = synthesize(m, 0.8, torch.Generator().manual_seed(4), divisor=8, encoding=encode(m))
+    assert c.keep == a.keep  # a precomputed encoding gives the same draw
     assert all(w % 8 == 0 or w == o for w, o in zip(a.model.genome.widths(), g.widths()))
     assert profile(a.model.genome, 64).params < profile(g, 64).params
     x = torch.randn(2, 3, 40, 40)

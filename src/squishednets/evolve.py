@@ -36,7 +36,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .errors import ConfigError
 from .io import atomic_write_json
 from .metrics import SQUEEZENET11_MB, profile
-from .synthesis import solve_environment, sparse_bytes, synthesize
+from .synthesis import encode, solve_environment, sparse_bytes, synthesize
 from .train import TrainConfig, evaluate, fit
 
 __all__ = ["EvolveConfig", "Fitness", "HoldoutTop1", "SmallestFit", "FITNESS", "select", "evolve", "size_path"]
@@ -269,6 +269,7 @@ def evolve(
             factor, sharp = solve_environment(parent.model, want, cfg.sharpness, cfg.min_width)
         else:
             want, factor, sharp = None, cfg.env_factor, cfg.sharpness
+        enc = encode(parent.model, sharp)  # the parent's DNA, shared by every draw of this generation
         cands = []
         for k in range(cfg.population):
             cdir = gdir / f"cand_{k}"
@@ -287,7 +288,7 @@ def evolve(
                 o = synthesize(parent.model, factor, gen, sharpness=sharp, min_width=cfg.min_width,
                                divisor=cfg.round_to, name=f"{anc.genome.name}-gen{g:02d}", init=cfg.init,
                                synapse_factor=cfg.synapse_factor if cfg.synapse_level else None,
-                               parent_masks=parent.masks)
+                               parent_masks=parent.masks, encoding=enc)
                 err = abs(profile(o.model.genome, image_size).params - want) if want is not None else 0.0
                 if err < off_err:
                     off, off_err = o, err

@@ -346,15 +346,18 @@ def synthesize(
     synapse_factor: float | None = None,
     parent_masks: dict[str, torch.Tensor] | None = None,
     importance: Importance | None = None,
+    encoding: Encoding | None = None,
 ) -> Offspring:
     """Sample one offspring of ``parent`` at F(E) = ``factor``.
 
     ``init='inherit'`` slices the surviving weights in; ``'scratch'`` gives the
     same smaller genome with fresh weights (seeded from ``generator``).
+    ``encoding`` (from ``encode(parent, sharpness)``) saves re-encoding the
+    parent when several offspring are drawn from it.
     """
     if init not in ("inherit", "scratch"):
         raise ValueError(f"init must be 'inherit' or 'scratch', got {init!r}")
-    enc = encode(parent, sharpness, importance)
+    enc = encoding if encoding is not None else encode(parent, sharpness, importance)
     keep = {}
     for unit, p in enc.probs.items():
         alive = sample_clusters(p, factor, generator)
