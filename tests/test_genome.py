@@ -114,6 +114,15 @@ def test_width_multiplier_and_rounding():
     assert make_divisible(13, 8) == 16 and make_divisible(3, 8) == 8 and make_divisible(13) == 13
 
 
+def test_with_widths_inverts_widths():
+    g = get_genome("squeezenet1_1", 10)
+    h = g.scaled(0.5, divisor=8)
+    assert g.with_widths(h.widths()).widths() == h.widths()
+    assert g.with_widths(g.widths()) == g
+    with pytest.raises(GenomeError, match="expected 25 numbers"):
+        g.with_widths([16, 16])
+
+
 @pytest.mark.parametrize("d,msg", [
     ({"fires": [{"squeeze": -4, "expand1x1": 64, "expand3x3": 64}]}, "squeeze must be >= 1"),
     ({"colour": "red"}, "unknown key(s) ['colour']"),

@@ -6,8 +6,9 @@ import torch
 from squishednets.genome import get_genome, squeezenet_design
 from squishednets.metrics import profile
 from squishednets.model import build, conv_units, fold_batchnorm
-from squishednets.synthesis import cluster_probabilities, encode, expected_params, round_keep, sample_clusters, \
-    shrink, solve_environment, sparse_bytes, synapse_probabilities, synthesize, zero_filters
+from squishednets.synthesis import _expected_cost, _expected_width, _spatial, _unit_names, cluster_probabilities, encode, \
+    expected_macs, expected_params, mac_weights, round_keep, sample_clusters, shrink, solve_environment, \
+    sparse_bytes, synapse_probabilities, synthesize, zero_filters
 
 
 def _trained_like(g, seed=0):
@@ -130,16 +131,17 @@ def test_solve_environment_hits_the_expected_size():
     m = _trained_like(g)
     full = profile(g, 64).params
     for want in (0.8 * full, 0.5 * full):
-        f, k = solve_environment(m, want)
-        assert 0 < f <= 1
+        env = solve_environment(m, want)
+        f, k = env.factor, env.sharpness
+        assert 0 < f <= 1 and env.pressure == 0
         assert expected_params(g, encode(m, k), f) == pytest.approx(want, rel=1e-3)
         # The sampled offspring land around the expectation.
         gen = torch.Generator().manual_seed(0)
         sizes = [profile(synthesize(m, f, gen, sharpness=k).model.genome, 64).params for _ in range(8)]
         assert abs(sum(sizes) / len(sizes) - want) / want < 0.1
     # A gentle target needs F = 1 and a lower sharpness.
-    f, k = solve_environment(m, 0.97 * full)
-    assert f == 1.0 and k < 1.0
+    env = solve_environment(m, 0.97 * full)
+    assert env.factor == 1.0 and env.sharpness < 1.0
 
 
 def test_synthesize_is_seeded_and_smaller():
@@ -175,3 +177,66 @@ def test_synapse_level_masks_and_sparse_size():
     for k, mk in child.masks.items():
         assert (dict(child.model.named_parameters())[k][~mk] == 0).all()
     assert sparse_bytes(child.model, child.masks)[0] < nnz
+
+
+@pytest.mark.parametrize("g", GENOMES, ids=lambda g: f"{g.name}-bn{int(g.batchnorm)}")
+def test_expected_cost_at_whole_widths_is_the_profile(g):
+    """The solver's closed form agrees with metrics.profile at integer widths."""
+    widths = {n: float(c) for n, c in _unit_names(g)}
+    assert [n for n, _ in _unit_names(g)] == [n for n, _ in conv_units(build(g))]
+    params, macs = _expected_cost(g, widths, _spatial(g, 96))
+    prof = profile(g, 96)
+    assert (params, macs) == (prof.params, prof.macs)
+
+
+def test_mac_weights_press_hardest_on_high_resolution_layers():
+    g = get_genome("squeezenet1_1", 10, batchnorm=True)
+    assert set(mac_weights(g, 64, 0.0).values()) == {1.0}
+    w = mac_weights(g, 64, 1.0)
+    assert math.prod(w.values()) == pytest.approx(1.0)  # normalised by the geometric mean
+    # conv1 (31x31 outputs at 64 px) and Fire2 (15x15) buy more MACs per
+    # parameter than Fire9 (3x3): harsher environment, higher sharpness.
+    assert w["conv1"] > w["fires.0.expand3x3"] > w["fires.7.expand3x3"]
+    assert w["fires.1.squeeze"] > w["fires.7.squeeze"]
+    w2 = mac_weights(g, 64, 2.0)
+    assert all(w2[n] == pytest.approx(w[n] ** 2) for n in w)
+
+
+def test_mac_target_moves_removal_to_where_compute_is():
+    g = get_genome("squeezenet1_1", 10, batchnorm=True)
+    m = _trained_like(g)
+    prof = profile(g, 64)
+    want = 0.6 * prof.params
+    plain = solve_environment(m, want, image_size=64)
+    macs_plain = expected_macs(g, encode(m, plain.sharpness), plain.factor, 64)
+    # A MAC target the size target alone already meets leaves the papers' rule.
+    same = solve_environment(m, want, target_macs=1.01 * macs_plain, image_size=64)
+    assert same.pressure == 0 and same.weights is None
+    goal = 0.8 * macs_plain
+    env = solve_environment(m, want, target_macs=goal, image_size=64)
+    enc = encode(m, env.sharpness, weights=env.weights)
+    assert env.pressure > 0
+    assert expected_params(g, enc, env.factor) == pytest.approx(want, rel=1e-3)  # the same size...
+    assert expected_macs(g, enc, env.factor, 64) <= goal * 1.001  # ...at the MACs asked
+    # Drawn offspring follow: fewer MACs at about the same size.
+    gen = torch.Generator().manual_seed(0)
+    a = [profile(synthesize(m, plain.factor, gen, sharpness=plain.sharpness).model.genome, 64) for _ in range(6)]
+    b = [profile(synthesize(m, env.factor, gen, encoding=enc).model.genome, 64) for _ in range(6)]
+    assert sum(p.macs for p in b) < 0.9 * sum(p.macs for p in a)
+    assert sum(p.params for p in b) == pytest.approx(sum(p.params for p in a), rel=0.1)
+    # Out of reach: the strongest pressure, and the solver says so by its value.
+    far = solve_environment(m, want, target_macs=0.01 * macs_plain, image_size=64, max_pressure=4.0)
+    assert far.pressure == 4.0
+
+
+@pytest.mark.parametrize("mean_keep,divisor", [(0.15, 16), (0.35, 16), (0.6, 16), (0.35, 8), (0.5, 1)])
+def test_expected_width_includes_floor_and_rounding(mean_keep, divisor):
+    """The solver's expected width matches the average width round_keep gives
+    over many draws, floors and rounding included (within 3%)."""
+    gen = torch.Generator().manual_seed(0)
+    q = (torch.rand(64, generator=gen) * 2 * mean_keep).clamp(0, 1)
+    widths = [len(round_keep(sample_clusters(q, 1.0, gen), q, 1, divisor)) for _ in range(3000)]
+    assert _expected_width(q, 1, divisor) == pytest.approx(sum(widths) / len(widths), rel=0.03)
+    if divisor > 1:  # the naive mean misses the floor where few filters survive
+        naive = float(q.sum())
+        assert mean_keep > 0.2 or abs(_expected_width(q, 1, divisor) - naive) > 3

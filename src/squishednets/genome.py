@@ -170,6 +170,18 @@ class Genome:
         return out
 
     # -- edits ----------------------------------------------------------------
+    def with_widths(self, widths: list[int]) -> "Genome":
+        """The inverse of ``widths``: this genome with every removable width
+        replaced (a lineage.json entry's widths rebuild its architecture)."""
+        if len(widths) != 1 + 3 * len(self.fires):
+            raise GenomeError(f"widths: expected {1 + 3 * len(self.fires)} numbers (conv1, then squeeze, expand1x1, "
+                              f"expand3x3 per Fire), got {len(widths)}")
+        return dataclasses.replace(
+            self,
+            stem=dataclasses.replace(self.stem, filters=int(widths[0])),
+            fires=tuple(FireSpec(*(int(c) for c in widths[1 + 3 * i: 4 + 3 * i])) for i in range(len(self.fires))),
+        )
+
     def with_classes(self, num_classes: int) -> "Genome":
         """The few-class modification (SquishedNets paper, section 2): conv10
         becomes ``num_classes`` 1x1 filters; nothing else changes."""

@@ -14,6 +14,13 @@ As ../shared/papers/README.md reads those papers:
 - the environment multiplies both by a factor F(E) < 1 (equation 1 of the
   paper), starving offspring of resources.
 
+Our extension, for speed: the papers' environment starves every layer
+alike, so removal follows parameters, which sit in the low-resolution late
+layers, while the compute sits in the high-resolution early ones. With a MAC
+target the environment is harsher per layer in proportion to the MACs a
+filter costs per parameter (``mac_weights``), by a pressure the solver
+chooses (``solve_environment``); pressure 0 is the papers' rule.
+
 Offspring are sampled cluster by cluster; dead filters disappear from the
 genome, and the surviving weights are sliced into the smaller network
 (``shrink``), so offspring are physically smaller and faster: no masks on the
@@ -32,6 +39,7 @@ from typing import Protocol
 import torch
 
 from .genome import FireSpec, Genome
+from .metrics import profile
 from .model import ConvUnit, SqueezeNet, build, conv_units, fold_batchnorm
 
 __all__ = [
@@ -45,6 +53,9 @@ __all__ = [
     "shrink",
     "zero_filters",
     "expected_params",
+    "expected_macs",
+    "mac_weights",
+    "Environment",
     "solve_environment",
     "sample_synapses",
     "sparse_bytes",
@@ -100,11 +111,15 @@ class Encoding:
 
     probs: dict[str, torch.Tensor]
     sharpness: float
+    weights: dict[str, float] | None = None  # per-unit sharpness multipliers (MAC pressure)
 
 
-def encode(model: SqueezeNet, sharpness: float = 1.0, importance: Importance | None = None) -> Encoding:
-    return Encoding({k: cluster_probabilities(s, sharpness) for k, s in cluster_strengths(model, importance).items()},
-                    sharpness)
+def encode(model: SqueezeNet, sharpness: float = 1.0, importance: Importance | None = None,
+           weights: dict[str, float] | None = None) -> Encoding:
+    """The parent's DNA; ``weights`` (from ``mac_weights``) scale k per unit."""
+    w = weights or {}
+    return Encoding({n: cluster_probabilities(s, sharpness * w.get(n, 1.0))
+                     for n, s in cluster_strengths(model, importance).items()}, sharpness, weights)
 
 
 # -- sampling -------------------------------------------------------------------
@@ -219,65 +234,199 @@ def zero_filters(model: SqueezeNet, keep: dict[str, torch.Tensor]) -> SqueezeNet
 
 
 # -- the environment --------------------------------------------------------------
-def _expected_genome_params(g: Genome, widths: dict[str, float]) -> float:
-    """Closed-form parameter count with fractional (expected) widths."""
+def _spatial(genome: Genome, image_size: int) -> dict[str, int]:
+    """Output pixels per position of each unit ("conv1", "fires.i"): they do
+    not depend on the widths, so one profile of the parent serves all."""
+    prof = profile(genome, image_size)
+    hw = {layer.name: layer.out_hw ** 2 for layer in prof.layers}
+    px = {"conv1": hw["conv1"], "conv10": hw["conv10"]}
+    for i in range(len(genome.fires)):
+        px[f"fires.{i}"] = hw[f"fire{i + 2}.squeeze"]
+    return px
+
+
+def _expected_cost(g: Genome, widths: dict[str, float], px: dict[str, int] | None = None) -> tuple[float, float]:
+    """Closed-form (parameters, MACs) with fractional (expected) widths; MACs
+    need ``px`` from ``_spatial`` (0 without it)."""
     w = widths
-    total = 0.0
+    params = macs = 0.0
     cin = float(g.in_channels)
     c1 = w["conv1"]
-    total += cin * c1 * g.stem.kernel ** 2 + c1
+    params += cin * c1 * g.stem.kernel ** 2 + c1
+    if px:
+        macs += cin * c1 * g.stem.kernel ** 2 * px["conv1"]
     prev = c1
     for i, f in enumerate(g.fires):
         s = w[f"fires.{i}.squeeze"]
-        total += prev * s + s
         e1 = w.get(f"fires.{i}.expand1x1", 0.0) if f.expand1x1 else 0.0
         e3 = w.get(f"fires.{i}.expand3x3", 0.0) if f.expand3x3 else 0.0
-        total += s * e1 + e1 + 9 * s * e3 + e3
+        params += prev * s + s + s * e1 + e1 + 9 * s * e3 + e3
+        if px:
+            macs += (prev * s + s * e1 + 9 * s * e3) * px[f"fires.{i}"]
         prev = e1 + e3
-    total += prev * g.num_classes + g.num_classes
-    return total
+    params += prev * g.num_classes + g.num_classes
+    if px:
+        macs += prev * g.num_classes * px["conv10"]
+    return params, macs
 
 
-def expected_params(genome: Genome, enc: Encoding, factor: float, min_width: int = 1) -> float:
+def _expected_width(q: torch.Tensor, min_width: int, divisor: int) -> float:
+    """Expected width of a unit whose filters survive with probabilities ``q``,
+    after ``round_keep``'s floor and rounding.
+
+    Without rounding it is max(floor, sum q). With rounding, the floor and the
+    rounding are not linear: a unit expected to keep 20 filters ends with 16
+    or 32, and one expected to keep 10 with 16, so its mean is above 20 or
+    10. The survivor count (a sum of Bernoullis) is taken as normal, with a
+    continuity correction, and ``round_keep``'s width averaged over it."""
+    width = q.numel()
+    mu = float(q.sum())
+    if divisor <= 1:
+        return max(float(min(min_width, width)), mu)
+    sd = max(math.sqrt(float((q * (1 - q)).sum())), 1e-6)
+    k = torch.arange(width + 1, dtype=torch.float64)
+    cdf = 0.5 * torch.erfc(-(torch.cat([k - 0.5, k[-1:] + 0.5]) - mu) / (sd * math.sqrt(2)))
+    pk = cdf[1:] - cdf[:-1]
+    pk[0] += cdf[0]  # the tails belong to the end points
+    pk[-1] += 1 - cdf[-1]
+    # round_keep's width for each survivor count, ties rounded as it does.
+    floor_mult = -(-max(1, min_width) // divisor) * divisor
+    n = torch.clamp(k, min=min(min_width, width))
+    realized = torch.clamp(torch.maximum(torch.round(n / divisor) * divisor, torch.tensor(float(floor_mult))),
+                           1, width)
+    return float((pk * realized).sum())
+
+
+def _expected_widths(enc: Encoding, factor: float, min_width: int, divisor: int = 1) -> dict[str, float]:
+    return {n: _expected_width((factor * p).clamp(0, 1), min_width, divisor) for n, p in enc.probs.items()}
+
+
+def expected_params(genome: Genome, enc: Encoding, factor: float, min_width: int = 1, divisor: int = 1) -> float:
     """Expected deployed parameters of an offspring sampled at F(E) = ``factor``
-    (expected widths per layer; the min-width floor included)."""
-    widths = {n: max(float(min(min_width, p.numel())), float((factor * p).clamp(0, 1).sum()))
-              for n, p in enc.probs.items()}
-    return _expected_genome_params(genome, widths)
+    (expected widths per layer; the min-width floor and rounding included)."""
+    return _expected_cost(genome, _expected_widths(enc, factor, min_width, divisor))[0]
+
+
+def expected_macs(genome: Genome, enc: Encoding, factor: float, image_size: int, min_width: int = 1,
+                  divisor: int = 1) -> float:
+    """Expected convolution MACs of an offspring at ``image_size``."""
+    return _expected_cost(genome, _expected_widths(enc, factor, min_width, divisor), _spatial(genome, image_size))[1]
+
+
+def mac_weights(genome: Genome, image_size: int, pressure: float) -> dict[str, float]:
+    """Per-unit multipliers of the sharpness k that make the environment
+    harsher where compute is spent (our extension; the papers' environment
+    starves every layer alike).
+
+    For each unit, r = (MACs one more filter costs) / (parameters it costs),
+    the marginal costs taken at the current widths, so they include what the
+    filter's output costs its consumers. A unit's sharpness is
+    k (r / geometric mean of r) ** ``pressure``: at equal strength a filter
+    in a high-resolution layer, which buys few parameters and many MACs, is
+    less likely to survive. ``pressure`` = 0 is the papers' rule."""
+    names = [n for n, _ in _unit_names(genome)]
+    if pressure == 0:
+        return {n: 1.0 for n in names}
+    px = _spatial(genome, image_size)
+    base = {n: float(c) for n, c in _unit_names(genome)}
+    p0, m0 = _expected_cost(genome, base, px)
+    ratio = {}
+    for n in names:
+        p1, m1 = _expected_cost(genome, {**base, n: base[n] + 1.0}, px)
+        ratio[n] = (m1 - m0) / (p1 - p0)
+    logs = torch.log(torch.tensor(list(ratio.values()), dtype=torch.float64))
+    mean = float(logs.mean())
+    return {n: math.exp(pressure * (math.log(r) - mean)) for n, r in ratio.items()}
+
+
+def _unit_names(genome: Genome) -> list[tuple[str, int]]:
+    """(unit name, width) of every removable unit, in ``conv_units`` order."""
+    out = [("conv1", genome.stem.filters)]
+    for i, f in enumerate(genome.fires):
+        out.append((f"fires.{i}.squeeze", f.squeeze))
+        if f.expand1x1:
+            out.append((f"fires.{i}.expand1x1", f.expand1x1))
+        if f.expand3x3:
+            out.append((f"fires.{i}.expand3x3", f.expand3x3))
+    return out
+
+
+@dataclass
+class Environment:
+    """What the solver chose for one generation: F(E), the sharpness k, the
+    MAC pressure and the per-unit sharpness multipliers it implies."""
+
+    factor: float
+    sharpness: float
+    pressure: float = 0.0
+    weights: dict[str, float] | None = None
 
 
 def solve_environment(
     model: SqueezeNet, target_params: float, sharpness: float = 1.0, min_width: int = 1,
-    importance: Importance | None = None,
-) -> tuple[float, float]:
+    importance: Importance | None = None, target_macs: float | None = None, image_size: int = 0,
+    max_pressure: float = 8.0, divisor: int = 1,
+) -> Environment:
     """F(E) (and, if needed, a lower sharpness) whose expected offspring size is
     ``target_params``. With k = ``sharpness``, F is found by bisection in
     (0, 1]; if even F = 1 shrinks more than asked, F stays 1 and k is lowered
-    instead (raising every survival probability). Returns (F, k)."""
+    instead (raising every survival probability).
+
+    With ``target_macs`` (and ``image_size``), the MAC pressure (see
+    ``mac_weights``) is raised by bisection in [0, ``max_pressure``] until the
+    offspring expected at ``target_params`` also has at most ``target_macs``
+    MACs: the size target fixes how much is removed, the MAC target where."""
     g = model.genome
     strengths = cluster_strengths(model, importance)
+    px = _spatial(g, image_size) if target_macs else None
 
-    def exp_params(f: float, k: float) -> float:
-        enc = Encoding({n: cluster_probabilities(s, k) for n, s in strengths.items()}, k)
-        return expected_params(g, enc, f, min_width)
+    def enc_at(k: float, weights: dict[str, float] | None) -> Encoding:
+        return Encoding({n: cluster_probabilities(s, k * (weights[n] if weights else 1.0))
+                         for n, s in strengths.items()}, k, weights)
 
-    if exp_params(1.0, sharpness) >= target_params:
-        lo, hi = 0.0, 1.0
+    def solve_size(weights: dict[str, float] | None) -> tuple[float, float]:
+        def exp_params(f: float, k: float) -> float:
+            return expected_params(g, enc_at(k, weights), f, min_width, divisor)
+
+        if exp_params(1.0, sharpness) >= target_params:
+            lo, hi = 0.0, 1.0
+            for _ in range(50):
+                mid = (lo + hi) / 2
+                if exp_params(mid, sharpness) > target_params:
+                    hi = mid
+                else:
+                    lo = mid
+            return (lo + hi) / 2, sharpness
+        lo, hi = 0.0, sharpness  # smaller k -> probabilities nearer 1 -> more params
         for _ in range(50):
             mid = (lo + hi) / 2
-            if exp_params(mid, sharpness) > target_params:
-                hi = mid
-            else:
+            if exp_params(1.0, mid) > target_params:
                 lo = mid
-        return (lo + hi) / 2, sharpness
-    lo, hi = 0.0, sharpness  # smaller k -> probabilities nearer 1 -> more params
-    for _ in range(50):
+            else:
+                hi = mid
+        return 1.0, (lo + hi) / 2
+
+    def at_pressure(a: float) -> tuple[Environment, float]:
+        weights = mac_weights(g, image_size, a) if a > 0 else None
+        f, k = solve_size(weights)
+        macs = _expected_cost(g, _expected_widths(enc_at(k, weights), f, min_width, divisor), px)[1] if px else 0.0
+        return Environment(f, k, a, weights), macs
+
+    env, macs = at_pressure(0.0)
+    if not target_macs or macs <= target_macs:
+        return env
+    env_hi, macs_hi = at_pressure(max_pressure)
+    if macs_hi > target_macs:
+        return env_hi  # the best this size allows; the lineage records the MACs reached
+    lo, hi = 0.0, max_pressure
+    for _ in range(25):
         mid = (lo + hi) / 2
-        if exp_params(1.0, mid) > target_params:
+        e, m = at_pressure(mid)
+        if m > target_macs:
             lo = mid
         else:
-            hi = mid
-    return 1.0, (lo + hi) / 2
+            hi, env_hi = mid, e
+    return env_hi
 
 
 # -- synapse level -----------------------------------------------------------------
