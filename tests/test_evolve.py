@@ -65,6 +65,28 @@ def test_selection_respects_constraints():
     assert select(cands, small_cfg(max_macs=1)) == (0, False)  # none fits: the fittest, flagged
 
 
+def test_mac_target_in_a_real_lineage(ancestor, tmp_path):
+    """With a MAC target the lineage ends at about the same size with fewer
+    MACs than size alone gives, and every generation records its pressure."""
+    plain = evolve(ancestor, tmp_path / "a", small_cfg(population=1, generations=2), progress=False)
+    fast = evolve(ancestor, tmp_path / "b", small_cfg(population=1, generations=2, target_macs_reduction=6.0),
+                  progress=False)
+    assert fast[-1]["macs"] < plain[-1]["macs"]
+    assert fast[-1]["size_mb"] == pytest.approx(plain[-1]["size_mb"], rel=0.15)
+    assert all(e["mac_pressure"] == 0 for e in plain[1:])
+    assert any(e["mac_pressure"] > 0 for e in fast[1:])
+    assert fast[2]["target_macs"] == pytest.approx(fast[0]["macs"] / 6.0)
+
+
+def test_target_error_prefers_draws_within_budget():
+    from squishednets.evolve import _target_error
+    from types import SimpleNamespace as P
+
+    assert _target_error(P(params=90, macs=0), 100, None) < _target_error(P(params=110, macs=0), 100, None)
+    assert _target_error(P(params=100, macs=50), 100, 60) == 0  # fewer MACs than asked is no fault
+    assert _target_error(P(params=100, macs=66), 100, 60) == pytest.approx(0.1)
+
+
 def test_size_path_is_geometric():
     assert size_path(1000, 10, 2, 1) == pytest.approx(100)
     assert size_path(1000, 10, 2, 2) == pytest.approx(10)
@@ -75,6 +97,8 @@ def test_size_path_is_geometric():
     (dict(env_factor=1.2, target_reduction=0.0), "below 1"),
     (dict(env_factor=0.9), "not several"),
     (dict(fitness="val"), "--fitness must be one of"),
+    (dict(target_macs_reduction=0.5), "--target-macs-reduction must be > 1"),
+    (dict(target_macs_reduction=4.0, target_reduction=0.0, env_factor=0.9), "works in target mode"),
 ])
 def test_config_errors(kw, msg):
     with pytest.raises(ConfigError, match=msg):

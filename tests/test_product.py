@@ -193,6 +193,30 @@ def test_run_whole_job_and_resume(tiny_data, tmp_path, capsys):
     assert "other settings (generations)" in capsys.readouterr().err
 
 
+def test_run_folder_from_before_the_mac_target(tiny_data, tmp_path, capsys):
+    """A run.json written before --target-macs-reduction and --round-to
+    existed resumes as what it was (size only, widths by 8), not as today's
+    defaults."""
+    from dataclasses import asdict
+
+    from squishednets.pipeline import RunConfig
+
+    job = tmp_path / "job"
+    args = ["run", "--data", str(tiny_data), "--out", str(job), "--image-size", "32", "--ancestor-epochs", "1",
+            "--generations", "1", "--epochs-per-generation", "1", "--target-size-mb", "1.0", "--threads", "1",
+            "--bench-runs", "2", "--bench-min-time", "0", "--no-progress"]
+    old = asdict(RunConfig(data=str(tiny_data), image_size=32, ancestor_epochs=1, generations=1,
+                           epochs_per_generation=1, target_size_mb=1.0, threads=1, bench_runs=2, bench_min_time=0.0))
+    del old["target_macs_reduction"], old["round_to"]
+    job.mkdir()
+    (job / "run.json").write_text(json.dumps({"config": old, "stages": {}}))
+    assert main(args) == 2
+    assert "other settings (round_to, target_macs_reduction)" in capsys.readouterr().err
+    assert main(args + ["--target-macs-reduction", "0", "--round-to", "8"]) == 0
+    evolved = json.loads((job / "evolve" / "config.json").read_text())
+    assert evolved["target_macs_reduction"] == 0 and evolved["round_to"] == 8
+
+
 def test_run_with_bad_data_pins_nothing(tmp_path, tiny_data, capsys):
     job = tmp_path / "job"
     assert main(["run", "--data", str(tmp_path / "nope"), "--out", str(job), "--no-progress"]) == 2

@@ -102,6 +102,8 @@ _EVOLVE_HELP = {
     "env_factor": "fixed environmental factor F(E) < 1 at cluster level",
     "target_size_mb": "target mode: reach this dense fp32 size (MB) after the last generation",
     "target_reduction": "target mode: end this many times smaller than the ancestor",
+    "target_macs_reduction": "target mode: also end with this many times fewer MACs than the ancestor "
+                             "(removal shifts to high-resolution layers; 0: size only)",
     "sharpness": "k in p = exp(k (s / Z - 1)); 1 as in the papers",
     "size_draws": "target mode: offspring drawn per candidate, the one nearest the target size kept (1: plain)",
     "synapse_level": "also sample synapses inside surviving filters (fixed masks; sparse size reported)",
@@ -152,6 +154,15 @@ def _evolve_parser(sub: Any) -> None:
 _EXTRA_PARSERS.append(_evolve_parser)
 
 
+_RUN_HELP = {
+    "data": "class-per-folder data set (train/ and val/)",
+    "image_size": "training and benchmark input size in pixels",
+    "target_size_mb": "dense fp32 size (MB) of the last generation",
+    "target_macs_reduction": "the last generation has this many times fewer MACs than the ancestor (0: size only)",
+    "round_to": "widths a multiple of this (16 suits ONNX Runtime on AVX-512 and AVX2; 1: off)",
+}
+
+
 def _product_parsers(sub: Any) -> None:
     from .pipeline import PRESETS, RunConfig
 
@@ -186,7 +197,7 @@ def _product_parsers(sub: Any) -> None:
                    help="default: 64 px, fits 60 min on 2 cores; paper: 224 px as in the paper, for a GPU")
     p.add_argument("--config", help="JSON file with defaults for any of these options")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(_run_keys=add_dataclass_options(p, RunConfig))
+    p.set_defaults(_run_keys=add_dataclass_options(p, RunConfig, helps=_RUN_HELP))
 
 
 _EXTRA_PARSERS.append(_product_parsers)

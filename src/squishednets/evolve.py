@@ -53,12 +53,17 @@ class EvolveConfig:
     env_factor: float = 0.0  # fixed F(E) at cluster level; 0: target mode
     target_size_mb: float = 0.0  # target mode: final dense fp32 size
     target_reduction: float = 0.0  # target mode: final size = ancestor / this
+    target_macs_reduction: float = 0.0  # target mode: final MACs at most ancestor's / this (0: size only)
     sharpness: float = 1.0  # k in p = exp(k (s / Z - 1)); the papers use 1
     size_draws: int = 16  # target mode: offspring drawn per candidate, the nearest the target kept
     synapse_level: bool = False
     synapse_factor: float = 0.98  # F(E) at synapse level, when synapse_level
     min_width: int = 1
-    round_to: int = 8  # widths rounded to a multiple (odd widths run slowly); 1 turns it off
+    # Widths rounded to a multiple: ONNX Runtime's blocked (NCHWc) convolutions
+    # take 16 channels at a time on AVX-512 and 8 on AVX2, and other widths
+    # add layout reorders and slow paths (BENCHMARKS.md measures it). 16 suits
+    # both; 1 turns rounding off.
+    round_to: int = 16
     init: str = "inherit"  # inherit | scratch
     epochs: int = 10  # training epochs per generation
     lr: float = 0.05
@@ -90,6 +95,13 @@ class EvolveConfig:
             raise ConfigError(f"--env-factor must be below 1 (a resource-starved environment), got {self.env_factor}")
         if self.target_reduction and self.target_reduction <= 1:
             raise ConfigError(f"--target-reduction must be > 1 (times smaller than the ancestor), got {self.target_reduction}")
+        if self.target_macs_reduction:
+            if self.target_macs_reduction <= 1:
+                raise ConfigError(f"--target-macs-reduction must be > 1 (times fewer MACs than the ancestor), "
+                                  f"got {self.target_macs_reduction}")
+            if self.env_factor > 0:
+                raise ConfigError("--target-macs-reduction works in target mode: give --target-size-mb or "
+                                  "--target-reduction instead of --env-factor")
         if self.size_draws < 1:
             raise ConfigError("--size-draws must be >= 1")
         if not 0 < self.synapse_factor <= 1:
@@ -154,6 +166,19 @@ def size_path(start_params: float, target_params: float, generations: int, g: in
     return start_params * (target_params / start_params) ** (g / generations)
 
 
+def _target_error(prof: Any, want: float | None, want_macs: float | None) -> float:
+    """How far a drawn offspring lands from the generation's targets: the
+    relative size error, counted three times when above the target (a target
+    is a budget: users expect the last generation to fit it), plus the
+    relative MAC excess when MACs have a target (fewer is no fault)."""
+    if want is None:
+        return 0.0
+    err = abs(prof.params - want) / want + 2 * max(0.0, prof.params - want) / want
+    if want_macs:
+        err += max(0.0, prof.macs - want_macs) / want_macs
+    return err
+
+
 # -- the loop -------------------------------------------------------------------------
 def _gen_dir(run: Path, g: int) -> Path:
     return run / f"gen_{g:02d}"
@@ -179,6 +204,8 @@ def _entry(g: int, ck: Checkpoint, image_size: int, run: Path) -> dict[str, Any]
         "env_factor": m.get("env_factor"),
         "target_size_mb": m["target_params"] * 4 / 1e6 if m.get("target_params") else None,
         "sharpness": m.get("sharpness"),
+        "mac_pressure": m.get("mac_pressure"),
+        "target_macs": m.get("target_macs"),
         "synapse_factor": m.get("synapse_factor"),
         "candidates": m.get("candidates"),
         "constraints_met": m.get("constraints_met"),
@@ -250,6 +277,7 @@ def evolve(
     lineage = [_entry(0, parent, image_size, run)]
     atomic_write_json(run / "lineage.json", {"config": resolved, "generations": lineage})
     start_params = lineage[0]["params"]
+    start_macs = lineage[0]["macs"]
     if cfg.target_size_mb:
         target_params = cfg.target_size_mb * 1e6 / 4
     elif cfg.target_reduction:
@@ -264,12 +292,19 @@ def evolve(
             lineage.append(_entry(g, parent, image_size, run))
             continue
         prof_parent = profile(parent.genome, image_size)
+        want_macs = None
+        weights = None
+        pressure = 0.0
         if target_params is not None:
             want = size_path(start_params, target_params, cfg.generations, g)
-            factor, sharp = solve_environment(parent.model, want, cfg.sharpness, cfg.min_width)
+            if cfg.target_macs_reduction:
+                want_macs = size_path(start_macs, start_macs / cfg.target_macs_reduction, cfg.generations, g)
+            env = solve_environment(parent.model, want, cfg.sharpness, cfg.min_width, target_macs=want_macs,
+                                    image_size=image_size, divisor=cfg.round_to)
+            factor, sharp, pressure, weights = env.factor, env.sharpness, env.pressure, env.weights
         else:
             want, factor, sharp = None, cfg.env_factor, cfg.sharpness
-        enc = encode(parent.model, sharp)  # the parent's DNA, shared by every draw of this generation
+        enc = encode(parent.model, sharp, weights=weights)  # the parent's DNA, shared by every draw
         cands = []
         for k in range(cfg.population):
             cdir = gdir / f"cand_{k}"
@@ -289,7 +324,7 @@ def evolve(
                                divisor=cfg.round_to, name=f"{anc.genome.name}-gen{g:02d}", init=cfg.init,
                                synapse_factor=cfg.synapse_factor if cfg.synapse_level else None,
                                parent_masks=parent.masks, encoding=enc)
-                err = abs(profile(o.model.genome, image_size).params - want) if want is not None else 0.0
+                err = _target_error(profile(o.model.genome, image_size), want, want_macs)
                 if err < off_err:
                     off, off_err = o, err
             assert off is not None
@@ -310,7 +345,8 @@ def evolve(
                 "holdout_top1": hold, "size_mb": prof.size_mb, "params": prof.params, "macs": prof.macs,
                 "nonzero_params": nnz, "sparse_bytes": sb, "classes": train.classes, "image_size": image_size,
                 "seed": seed, "parent": str(parent.path.relative_to(run)), "env_factor": factor,
-                "sharpness": sharp, "synapse_factor": cfg.synapse_factor if cfg.synapse_level else None,
+                "sharpness": sharp, "mac_pressure": pressure, "target_macs": want_macs,
+                "synapse_factor": cfg.synapse_factor if cfg.synapse_level else None,
                 "target_params": want, "expected_from": prof_parent.params, "keep": off.keep,
                 "history": res["history"], "train_time_s": res["train_time_s"],
                 "wall_s": synth_s + res["train_time_s"] + (time.perf_counter() - t1),
@@ -328,8 +364,8 @@ def evolve(
         parent = load_checkpoint(gdir / "model")
         lineage.append(_entry(g, parent, image_size, run))
         atomic_write_json(run / "lineage.json", {"config": resolved, "generations": lineage})
-        log.info("generation %d: %.3f MB, val top-1 %.4f, held-out %.4f, F(E)=%.4f k=%.3f", g,
-                 lineage[-1]["size_mb"], vr["top1"], m["holdout_top1"], factor, sharp)
+        log.info("generation %d: %.3f MB, val top-1 %.4f, held-out %.4f, F(E)=%.4f k=%.3f MAC pressure %.2f", g,
+                 lineage[-1]["size_mb"], vr["top1"], m["holdout_top1"], factor, sharp, pressure)
         if on_generation is not None:
             on_generation(lineage[-1])
     atomic_write_json(run / "lineage.json", {"config": resolved, "generations": lineage})

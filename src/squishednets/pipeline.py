@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .io import atomic_write_json
 from .train import DEFAULT_DATA
 
-__all__ = ["RunConfig", "PRESETS", "run_all"]
+__all__ = ["RunConfig", "PRESETS", "LEGACY", "run_all"]
 
 
 @dataclass
@@ -36,6 +36,11 @@ class RunConfig:
     generations: int = 15
     epochs_per_generation: int = 12
     target_size_mb: float = 0.49
+    # Size alone leaves the compute in the high-resolution layers (0.47 MB
+    # kept 1/4.2 of the MACs and ran 3.9x faster in ONNX Runtime); a MAC
+    # target moves removal there. BENCHMARKS.md has both runs.
+    target_macs_reduction: float = 6.0
+    round_to: int = 16
     population: int = 1
     lr: float = 0.1
     generation_lr: float = 0.05
@@ -48,7 +53,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.target_size_mb <= 0:
             raise ConfigError("--target-size-mb must be > 0")
-        for k in ("image_size", "ancestor_epochs", "generations", "population", "bench_runs"):
+        if self.target_macs_reduction and self.target_macs_reduction <= 1:
+            raise ConfigError(f"--target-macs-reduction must be > 1 or 0 (off), got {self.target_macs_reduction}")
+        for k in ("image_size", "ancestor_epochs", "generations", "population", "bench_runs", "round_to"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"--{k.replace('_', '-')} must be >= 1")
 
@@ -57,8 +64,14 @@ class RunConfig:
 # for a machine with a GPU (about 12x the compute of the 64 px default).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "paper": {"image_size": 224, "ancestor_epochs": 90, "generations": 15, "epochs_per_generation": 20},
+    "paper": {"image_size": 224, "ancestor_epochs": 90, "generations": 15, "epochs_per_generation": 20,
+              "target_macs_reduction": 0.0},
 }
+
+# Values that reproduce what runs made before an option existed did: a run
+# folder whose run.json lacks the key is compared against these, not against
+# today's defaults.
+LEGACY: dict[str, Any] = {"target_macs_reduction": 0.0, "round_to": 8}
 
 
 def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print, progress: bool = True,
@@ -83,7 +96,7 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
     if state_path.exists():
         old = json.loads(state_path.read_text())
         # Options added in later versions count as their defaults in older runs.
-        old_cfg = {**asdict(RunConfig()), **old["config"]}
+        old_cfg = {**asdict(RunConfig()), **LEGACY, **old["config"]}
         diff = sorted(k for k in resolved if k not in ("threads", "device") and old_cfg.get(k) != resolved[k])
         if diff:
             raise ConfigError(f"{out} was started with other settings ({', '.join(diff)}); "
@@ -107,13 +120,16 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
     say(f"      ancestor val top-1 {m['top1']:.4f}")
 
     t1 = time.perf_counter()
-    say(f"[2/5] evolving {cfg.generations} generations towards {cfg.target_size_mb} MB")
+    macs_goal = f" and {cfg.target_macs_reduction:g}x fewer MACs" if cfg.target_macs_reduction else ""
+    say(f"[2/5] evolving {cfg.generations} generations towards {cfg.target_size_mb} MB{macs_goal}")
     ecfg = EvolveConfig(generations=cfg.generations, population=cfg.population, target_size_mb=cfg.target_size_mb,
+                        target_macs_reduction=cfg.target_macs_reduction, round_to=cfg.round_to,
                         epochs=cfg.epochs_per_generation, lr=cfg.generation_lr, seed=cfg.seed, threads=cfg.threads,
                         device=cfg.device)
 
     def on_gen(e: dict[str, Any]) -> None:
-        say(f"      generation {e['generation']:>2}: {e['size_mb']:.3f} MB, val top-1 {e['top1']:.4f}")
+        say(f"      generation {e['generation']:>2}: {e['size_mb']:.3f} MB, {e['macs'] / 1e6:.1f}M MACs, "
+            f"val top-1 {e['top1']:.4f}")
 
     lineage = evolve(out / "ancestor" / "model", out / "evolve", ecfg, progress=progress, on_generation=on_gen)
     done("evolve", {"generations": len(lineage) - 1, "final_size_mb": lineage[-1]["size_mb"],

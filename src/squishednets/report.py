@@ -213,7 +213,7 @@ img {{ max-width: 100%; }}
 <p class="small">{rule}</p>
 <h2>Every generation</h2>
 <table id="lineage"><thead><tr><th>Generation</th><th>Size (MB)</th><th>Parameters</th><th>MACs</th>
-<th>Val top-1</th><th>Held-out top-1</th><th>F(E)</th><th>k</th>{sparse_head}<th>images/s (ORT, b32)</th>
+<th>Val top-1</th><th>Held-out top-1</th><th>F(E)</th><th>k</th><th>MAC pressure</th>{sparse_head}<th>images/s (ORT, b32)</th>
 <th>latency b1 (ms)</th></tr></thead><tbody>
 {lineage_rows}
 </tbody></table>
@@ -284,7 +284,8 @@ def write_report(run: str | Path, out: str | Path | None = None, bench: dict[int
     lin_html = "\n".join(
         f"<tr><td>{e['generation']}</td><td>{e['size_mb']:.3f}</td><td>{e['params']:,}</td><td>{e['macs']:,}</td>"
         f"<td>{e['top1'] * 100:.2f}%</td><td>{_fmt(e.get('holdout_top1') and e['holdout_top1'] * 100, '.2f')}</td>"
-        f"<td>{_fmt(e.get('env_factor'), '.3f')}</td><td>{_fmt(e.get('sharpness'), '.3f')}</td>{sparse_cells(e)}"
+        f"<td>{_fmt(e.get('env_factor'), '.3f')}</td><td>{_fmt(e.get('sharpness'), '.3f')}</td>"
+        f"<td>{_fmt(e.get('mac_pressure'), '.2f')}</td>{sparse_cells(e)}"
         f"<td>{_fmt(bench.get(e['generation'], {}).get('ort_b32_img_s'), '.1f')}</td>"
         f"<td>{_fmt(bench.get(e['generation'], {}).get('ort_b1_ms'), '.2f')}</td></tr>"
         for e in lineage)
