@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# $SQUISHEDNETS_RESULTS redirects the output (a trial run of a script must
+# not overwrite the committed results).
+RESULTS = Path(os.environ.get("SQUISHEDNETS_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict:
