@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import write_result
 
-from squishednets.bench import BenchConfig, bench_model, matmul_gflops
+from squishednets.bench import BenchConfig, bench_model, matmul_gflops, merge_rounds
 from squishednets.checkpoint import load_checkpoint
 from squishednets.report import choose_squishednets
 
@@ -100,13 +100,7 @@ def main() -> None:
                       f"eff {r['ort_efficiency']:.1%}", flush=True)
             rounds.append(row)
         for i, (name, e, _) in enumerate(cks):
-            runs_i = [row[i] for row in rounds]
-            med = {k: (statistics.median(x[k] for x in runs_i) if isinstance(v, float) and k != "matmul_gflops" else v)
-                   for k, v in runs_i[0].items()}
-            med["machine_busy"] = any(x["machine_busy"] for x in runs_i)
-            med["other_cpu_cores"] = max((x["other_cpu_cores"] or 0.0) for x in runs_i)
-            med["rounds"] = len(runs_i)
-            med["ort_b32_img_s_rounds"] = [x["ort_b32_img_s"] for x in runs_i]
+            med = merge_rounds([row[i] for row in rounds])
             models.append({"name": name, "generation": e["generation"], "top1": e["top1"], **med})
         smallest = 1 + min(range(len(cks) - 1), key=lambda j: cks[j + 1][1]["size_mb"]) if len(cks) > 1 else 0
         for k in prefixes:

@@ -68,6 +68,18 @@ def test_bench_schema(tmp_path):
     assert isinstance(r["machine_busy"], bool)
 
 
+def test_merge_rounds_takes_medians_of_timings_only():
+    from squishednets.bench import merge_rounds
+
+    rounds = [{"params": 10, "size_mb": 0.5, "ort_b32_img_s": v, "ort_b1_ms": 1.0 / v, "ort_efficiency": v / 100,
+               "other_cpu_cores": c, "machine_busy": c > 0.2} for v, c in ((100.0, 0.0), (300.0, 0.5), (200.0, 0.1))]
+    m = merge_rounds(rounds)
+    assert m["ort_b32_img_s"] == 200.0 and m["ort_b32_img_s_rounds"] == [100.0, 300.0, 200.0]
+    assert m["ort_b1_ms"] == pytest.approx(1 / 200) and m["ort_efficiency"] == 2.0
+    assert m["params"] == 10 and m["size_mb"] == 0.5 and m["rounds"] == 3
+    assert m["machine_busy"] is True and m["other_cpu_cores"] == 0.5  # busy in any round: busy
+
+
 @pytest.fixture(scope="module")
 def real_lineage(tmp_path_factory):
     """A small real lineage: an ancestor trained on a few real photos, then 3 generations."""
@@ -91,9 +103,13 @@ def real_lineage(tmp_path_factory):
 
 
 def test_bench_a_whole_lineage(real_lineage):
-    r = bench_target(real_lineage / "ev", BenchConfig(image_size=40, runs=2, warmup=1, threads=1, min_time=0.0))
+    r = bench_target(real_lineage / "ev", BenchConfig(image_size=40, runs=2, warmup=1, threads=1, min_time=0.0,
+                                                      rounds=3))
     assert len(r["models"]) == 5 and [m["generation"] for m in r["models"]] == [0, 1, 2, 3, 4]
     assert all(BENCH_KEYS <= set(m) for m in r["models"])
+    for m in r["models"]:  # three interleaved rounds, each figure their median
+        assert r["rounds"] == m["rounds"] == 3 and len(m["ort_b32_img_s_rounds"]) == 3
+        assert m["ort_b32_img_s"] == sorted(m["ort_b32_img_s_rounds"])[1]
     assert (real_lineage / "ev" / "bench.json").exists()
     assert r["models"][-1]["size_mb"] < r["models"][0]["size_mb"]
 
@@ -163,6 +179,8 @@ def test_cli_bench_and_report(real_lineage, tmp_path, capsys):
                  "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["models"][0]["params"] == 727_626
+    assert main(["bench", "squeezenet1_1", "--rounds", "0"]) == 2
+    assert "--rounds must be >= 1" in capsys.readouterr().err
     assert main(["report", str(real_lineage / "ev"), "--out", str(tmp_path / "r")]) == 0
     assert "Table 1" in capsys.readouterr().out
     assert main(["report", str(tmp_path)]) == 2

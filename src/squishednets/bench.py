@@ -26,7 +26,8 @@ import torch
 
 from .metrics import ALEXNET_MB, SQUEEZENET11_MB, profile
 
-__all__ = ["machine_info", "CpuMonitor", "time_fn", "matmul_gflops", "BenchConfig", "bench_model", "bench_target"]
+__all__ = ["machine_info", "CpuMonitor", "time_fn", "matmul_gflops", "BenchConfig", "bench_model", "merge_rounds",
+           "bench_target"]
 
 
 def _cpu_model() -> str:
@@ -122,6 +123,11 @@ class BenchConfig:
     threads: int = 0
     budget_kb: int = 8192
     backends: tuple[str, ...] = ("eager", "channels_last", "ort")
+    # Several models are timed in this many interleaved rounds (every model
+    # once per round) and each figure is the median over rounds: the host's
+    # speed drifts by tens of percent over minutes, and interleaving spreads a
+    # slow minute over all models instead of landing on one.
+    rounds: int = 1
 
 
 def _ort_session(onnx_path: Path, threads: int):
@@ -202,6 +208,27 @@ def bench_model(model: torch.nn.Module, cfg: BenchConfig, onnx_path: str | Path 
     return res
 
 
+_TIMED = ("_img_s", "_ms", "_efficiency")
+
+
+def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's ``bench_model`` results from several rounds as one: timed
+    figures are medians over rounds (each round's images/s kept beside them),
+    static ones are the first round's, and the machine counts as busy if it
+    was in any round."""
+    out = dict(results[0])
+    for k, v in results[0].items():
+        if k.endswith(_TIMED) and isinstance(v, float):
+            out[k] = statistics.median(r[k] for r in results)
+            if k.endswith("_img_s"):
+                out[f"{k}_rounds"] = [r[k] for r in results]
+    others = [r["other_cpu_cores"] for r in results if r.get("other_cpu_cores") is not None]
+    out["other_cpu_cores"] = max(others) if others else None
+    out["machine_busy"] = None if not others else any(bool(r.get("machine_busy")) for r in results)
+    out["rounds"] = len(results)
+    return out
+
+
 def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_json: str | Path | None = None,
                  progress: bool = False) -> dict[str, Any]:
     """Benchmark a registered genome, a checkpoint or every generation of an
@@ -233,18 +260,22 @@ def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_js
         raise SquishedError(f"'{target}' is neither a registered genome, a checkpoint nor an evolve run folder")
     with CpuMonitor() as mon:
         rate = statistics.median([matmul_gflops() for _ in range(5)])
-    models = []
-    it = items
+    rounds = max(1, cfg.rounds)
+    per_model: list[list[dict[str, Any]]] = [[] for _ in items]
+    jobs = [(r, i) for r in range(rounds) for i in range(len(items))]  # round by round: interleaved
+    it: Any = jobs
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(items, desc="benchmarking", unit="model", leave=False)
-    for name, gen, model, top1 in it:
-        r = bench_model(model, cfg, matmul_rate=rate)
-        models.append({"name": name, "generation": gen, "top1": top1, **r})
+        it = tqdm(jobs, desc="benchmarking" + (f" ({rounds} rounds)" if rounds > 1 else ""), unit="model",
+                  leave=False)
+    for _, i in it:
+        per_model[i].append(bench_model(items[i][2], cfg, matmul_rate=rate))
+    models = [{"name": name, "generation": gen, "top1": top1, **merge_rounds(per_model[i])}
+              for i, (name, gen, _, top1) in enumerate(items)]
     result = {"machine": machine_info(), "threads": threads, "matmul_gflops": rate,
               "matmul_other_cpu_cores": mon.other_cores, "image_size": cfg.image_size, "batch": cfg.batch,
-              "runs": cfg.runs, "models": models,
+              "runs": cfg.runs, "rounds": rounds, "models": models,
               "machine_busy": any(m.get("machine_busy") for m in models) or bool(mon.busy)}
     if out_json is None and is_run:
         out_json = p / "bench.json"

@@ -159,6 +159,7 @@ _RUN_HELP = {
     "image_size": "training and benchmark input size in pixels",
     "target_size_mb": "dense fp32 size (MB) of the last generation",
     "target_macs_reduction": "the last generation has this many times fewer MACs than the ancestor (0: size only)",
+    "bench_rounds": "time the lineage this many times, interleaved; figures are medians over rounds",
     "round_to": "widths a multiple of this (16 suits ONNX Runtime on AVX-512 and AVX2; 1: off)",
 }
 
@@ -172,6 +173,8 @@ def _product_parsers(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--runs", type=int, default=20, help="timed runs per figure, at least (medians are reported)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per figure, at least")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every model this many times, interleaved; figures are medians over rounds")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--budget-kb", type=int, default=8192, help="on-chip budget for parameters + activations")
     p.add_argument("--classes", type=int, default=10, help="classes, for a registered genome")
@@ -206,8 +209,10 @@ _EXTRA_PARSERS.append(_product_parsers)
 def cmd_bench(a: argparse.Namespace) -> int:
     from .bench import BenchConfig, bench_target
 
+    if a.rounds < 1:
+        raise SquishedError(f"--rounds must be >= 1, got {a.rounds}")
     cfg = BenchConfig(image_size=a.image_size, batch=a.batch, runs=a.runs, threads=a.threads, budget_kb=a.budget_kb,
-                      min_time=a.min_time)
+                      min_time=a.min_time, rounds=a.rounds)
     r = bench_target(a.target, cfg, classes=a.classes, out_json=a.out, progress=not a.json)
     if a.json:
         _emit(r)

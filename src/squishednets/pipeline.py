@@ -49,13 +49,15 @@ class RunConfig:
     device: str = "auto"
     bench_runs: int = 20
     bench_min_time: float = 1.0
+    bench_rounds: int = 3
 
     def __post_init__(self) -> None:
         if self.target_size_mb <= 0:
             raise ConfigError("--target-size-mb must be > 0")
         if self.target_macs_reduction and self.target_macs_reduction <= 1:
             raise ConfigError(f"--target-macs-reduction must be > 1 or 0 (off), got {self.target_macs_reduction}")
-        for k in ("image_size", "ancestor_epochs", "generations", "population", "bench_runs", "round_to"):
+        for k in ("image_size", "ancestor_epochs", "generations", "population", "bench_runs", "round_to",
+                  "bench_rounds"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"--{k.replace('_', '-')} must be >= 1")
 
@@ -71,7 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Values that reproduce what runs made before an option existed did: a run
 # folder whose run.json lacks the key is compared against these, not against
 # today's defaults.
-LEGACY: dict[str, Any] = {"target_macs_reduction": 0.0, "round_to": 8}
+LEGACY: dict[str, Any] = {"target_macs_reduction": 0.0, "round_to": 8, "bench_rounds": 1}
 
 
 def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print, progress: bool = True,
@@ -136,12 +138,13 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
                     "wall_s": time.perf_counter() - t1})
 
     say(f"[3/5] benchmarking {len(lineage)} networks at {cfg.image_size}px (batch 32 and 1; eager, channels_last, "
-        "ONNX Runtime)")
+        f"ONNX Runtime; {cfg.bench_rounds} interleaved round{'s' if cfg.bench_rounds > 1 else ''})")
     bench_path = out / "evolve" / "bench.json"
     fresh = bench_path.exists() and len(json.loads(bench_path.read_text())["models"]) == len(lineage)
     if not fresh:
         bench_target(out / "evolve", BenchConfig(image_size=cfg.image_size, runs=cfg.bench_runs,
-                                                 min_time=cfg.bench_min_time, threads=cfg.threads), progress=progress)
+                                                 min_time=cfg.bench_min_time, threads=cfg.threads,
+                                                 rounds=cfg.bench_rounds), progress=progress)
     done("bench", {"path": str(bench_path)})
 
     say("[4/5] writing the report")
