@@ -78,6 +78,21 @@ def test_mac_target_in_a_real_lineage(ancestor, tmp_path):
     assert fast[2]["target_macs"] == pytest.approx(fast[0]["macs"] / 6.0)
 
 
+def test_run_folder_from_before_the_mac_target_resumes(ancestor, tmp_path):
+    """A config.json written before --target-macs-reduction existed resumes as
+    a size-only run and refuses a MAC target."""
+    cfg = small_cfg(population=1, generations=1)
+    first = evolve(ancestor, tmp_path / "ev", cfg, progress=False)
+    path = tmp_path / "ev" / "config.json"
+    old = json.loads(path.read_text())
+    del old["target_macs_reduction"]
+    path.write_text(json.dumps(old))
+    assert evolve(ancestor, tmp_path / "ev", cfg, progress=False)[-1]["params"] == first[-1]["params"]
+    with pytest.raises(ConfigError, match=r"other settings \(target_macs_reduction\)"):
+        evolve(ancestor, tmp_path / "ev", small_cfg(population=1, generations=1, target_macs_reduction=4.0),
+               progress=False)
+
+
 def test_target_error_prefers_draws_within_budget():
     from squishednets.evolve import _target_error
     from types import SimpleNamespace as P

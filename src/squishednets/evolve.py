@@ -116,6 +116,11 @@ class EvolveConfig:
             raise ConfigError("--min-width and --round-to must be >= 1 and --epochs >= 0")
 
 
+# Values of options added after the first release that reproduce what runs
+# made before them did; a config.json without the key is compared with these.
+_LEGACY: dict[str, Any] = {"target_macs_reduction": 0.0}
+
+
 # -- fitness and selection -------------------------------------------------------------
 class Fitness(Protocol):
     """Scores a trained candidate (its metrics dict); higher is fitter."""
@@ -236,7 +241,8 @@ def evolve(
     resolved = {**asdict(cfg), "data": data, "ancestor": str(Path(ancestor).resolve()), "image_size": image_size}
     cfg_path = run / "config.json"
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+        # Keys added later count as the values that reproduce older runs.
+        old = {**_LEGACY, **json.loads(cfg_path.read_text())}
         diff = sorted(k for k in resolved if k not in ("threads", "device", "cache_dir") and old.get(k) != resolved[k])
         if diff:
             raise ConfigError(f"run folder {run} was started with other settings ({', '.join(diff)}); "
