@@ -36,9 +36,9 @@ class RunConfig:
     generations: int = 15
     epochs_per_generation: int = 12
     target_size_mb: float = 0.49
-    # Size alone leaves the compute in the high-resolution layers (0.47 MB
-    # kept 1/4.2 of the MACs and ran 3.9x faster in ONNX Runtime); a MAC
-    # target moves removal there. BENCHMARKS.md has both runs.
+    # Size alone leaves the compute in the high-resolution layers (at 0.47 MB
+    # the lineage had only 4.2x fewer MACs at 224 px and ran 3.9x faster in
+    # ONNX Runtime); a MAC target moves removal there. BENCHMARKS.md has both.
     target_macs_reduction: float = 6.0
     round_to: int = 16
     population: int = 1
@@ -97,7 +97,8 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
     state: dict[str, Any] = {"config": resolved, "stages": {}}
     if state_path.exists():
         old = json.loads(state_path.read_text())
-        # Options added in later versions count as their defaults in older runs.
+        # Options added in later versions count, in older runs, as the value
+        # that reproduces them (LEGACY) or else as their defaults.
         old_cfg = {**asdict(RunConfig()), **LEGACY, **old["config"]}
         diff = sorted(k for k in resolved if k not in ("threads", "device") and old_cfg.get(k) != resolved[k])
         if diff:
