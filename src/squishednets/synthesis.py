@@ -324,19 +324,21 @@ def mac_weights(genome: Genome, image_size: int, pressure: float) -> dict[str, f
     k (r / geometric mean of r) ** ``pressure``: at equal strength a filter
     in a high-resolution layer, which buys few parameters and many MACs, is
     less likely to survive. ``pressure`` = 0 is the papers' rule."""
-    names = [n for n, _ in _unit_names(genome)]
-    if pressure == 0:
-        return {n: 1.0 for n in names}
+    return {n: math.exp(pressure * c) for n, c in _log_mac_ratios(genome, image_size).items()}
+
+
+def _log_mac_ratios(genome: Genome, image_size: int) -> dict[str, float]:
+    """log r per unit, centred on its mean (see ``mac_weights``); it does not
+    depend on the pressure, so a solver computes it once."""
     px = _spatial(genome, image_size)
     base = {n: float(c) for n, c in _unit_names(genome)}
     p0, m0 = _expected_cost(genome, base, px)
-    ratio = {}
-    for n in names:
+    logs = {}
+    for n in base:
         p1, m1 = _expected_cost(genome, {**base, n: base[n] + 1.0}, px)
-        ratio[n] = (m1 - m0) / (p1 - p0)
-    logs = torch.log(torch.tensor(list(ratio.values()), dtype=torch.float64))
-    mean = float(logs.mean())
-    return {n: math.exp(pressure * (math.log(r) - mean)) for n, r in ratio.items()}
+        logs[n] = math.log((m1 - m0) / (p1 - p0))
+    mean = sum(logs.values()) / len(logs)
+    return {n: v - mean for n, v in logs.items()}
 
 
 def _unit_names(genome: Genome) -> list[tuple[str, int]]:
@@ -406,8 +408,10 @@ def solve_environment(
                 hi = mid
         return 1.0, (lo + hi) / 2
 
+    log_ratios = _log_mac_ratios(g, image_size) if target_macs else {}
+
     def at_pressure(a: float) -> tuple[Environment, float]:
-        weights = mac_weights(g, image_size, a) if a > 0 else None
+        weights = {n: math.exp(a * c) for n, c in log_ratios.items()} if a > 0 else None
         f, k = solve_size(weights)
         macs = _expected_cost(g, _expected_widths(enc_at(k, weights), f, min_width, divisor), px)[1] if px else 0.0
         return Environment(f, k, a, weights), macs
