@@ -118,9 +118,9 @@ def test_real_photos_decode(real_data, tmp_path):
 
 def test_augment_batch_shapes_and_seeding():
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    a = augment_batch(x, torch.Generator().manual_seed(1))
-    b = augment_batch(x, torch.Generator().manual_seed(1))
-    c = augment_batch(x, torch.Generator().manual_seed(2))
+    a = augment_batch(x, torch.Generator().manual_seed(1), 0.5)
+    b = augment_batch(x, torch.Generator().manual_seed(1), 0.5)
+    c = augment_batch(x, torch.Generator().manual_seed(2), 0.5)
     assert a.shape == (8, 3, 32, 32) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
     # With the full area and no flip the crop is the identity.

@@ -1,10 +1,9 @@
-"""Export parity, the bench JSON schema, a report from a small real lineage,
-the HTML page in a real browser, and the whole `run` job on tiny data."""
+"""Export parity, the bench JSON schema, a small real lineage benchmarked and
+exported, and the whole `run` job on tiny data (the report's own tests are in
+test_report.py)."""
 
 import json
-import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from squishednets.evolve import EvolveConfig, evolve
 from squishednets.export import check_onnx, export_checkpoint, export_onnx
 from squishednets.genome import get_genome
 from squishednets.model import build
-from squishednets.report import choose_squishednets, pareto_front, write_report
 from squishednets.train import TrainConfig, run_training
 
 BENCH_KEYS = {"params", "size_mb", "macs", "peak_activation_bytes", "params_plus_activations_kb", "fits_budget",
@@ -112,57 +110,6 @@ def test_bench_a_whole_lineage(real_lineage):
         assert m["ort_b32_img_s"] == sorted(m["ort_b32_img_s_rounds"])[1]
     assert (real_lineage / "ev" / "bench.json").exists()
     assert r["models"][-1]["size_mb"] < r["models"][0]["size_mb"]
-
-
-def test_report_from_a_real_lineage(real_lineage, tmp_path):
-    paths = write_report(real_lineage / "ev", tmp_path / "rep")
-    md = paths["markdown"].read_text()
-    assert "Ancestor (gen 0)" in md and "SquishedNet-1 (paper)" in md and "SquishedNet-1 (gen" in md
-    rows = json.loads(paths["json"].read_text())["rows"]
-    ours = [r for r in rows if r["source"] == "ours"]
-    assert ours[0]["reduction_vs_squeezenet11"] == pytest.approx(4.941984 / ours[0]["size_mb"])
-    assert len([r for r in rows if r["source"] != "ours"]) == 4
-    csv_lines = paths["csv"].read_text().strip().splitlines()
-    assert len(csv_lines) == len(rows) + 1
-    page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 4 and 'id="table1"' in page
-    assert (tmp_path / "rep" / "top1_vs_size.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_pareto_and_choice_rule():
-    lin = [{"generation": g, "size_mb": s, "top1": t} for g, s, t in
-           [(0, 3.0, 0.80), (1, 2.5, 0.81), (2, 2.0, 0.79), (3, 1.8, 0.70), (4, 1.5, 0.78), (5, 1.0, 0.75),
-            (6, 0.8, 0.74), (7, 0.5, 0.70), (8, 0.45, 0.60)]]
-    front = pareto_front([e for e in lin if e["generation"] > 0])
-    assert [e["generation"] for e in front] == [1, 2, 4, 5, 6, 7, 8]  # gen 3 is beaten by gen 4
-    chosen = choose_squishednets(lin)
-    assert [e["generation"] for e in chosen] == [1, 4, 6, 8]
-    assert choose_squishednets(lin[:3]) == [lin[1], lin[2]]
-
-
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.slow
-def test_report_renders_in_a_real_browser(real_lineage, tmp_path):
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("no chromium on this machine (scripts/test.sh installs Debian's chromium)")
-    paths = write_report(real_lineage / "ev", tmp_path / "rep")
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-           paths["html"].resolve().as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    m = re.search(r'data-images-ok="(\d+)/(\d+)"', dom)
-    assert m, "the page's load handler did not run"
-    assert m.group(1) == m.group(2) == "4", f"{m.group(1)} of {m.group(2)} images decoded"
-    assert dom.count("<tr") >= 1 + 5 + 1 + 5  # Table 1 (ancestor + paper rows) and the lineage table
-    shot = tmp_path / "shot.png"
-    subprocess.run([*cmd[:-2], f"--screenshot={shot}", "--window-size=1200,2400", paths["html"].resolve().as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 20_000  # a page with pictures, not a blank one
 
 
 def test_export_command_with_int8(real_lineage, tmp_path, capsys):

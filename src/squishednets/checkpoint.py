@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError, GenomeError
-from .genome import Genome
+from .genome import Genome, get_genome, list_genomes, load_genome_file
 from .io import atomic_dir, recover_dir
 from .model import SqueezeNet, build
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "is_checkpoint", "load_weights_into"]
+__all__ = ["resolve_genome", "Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "is_checkpoint", "load_weights_into"]
 
 GENOME, WEIGHTS, METRICS, CONFIG, MASKS = "genome.json", "weights.safetensors", "metrics.json", "config.json", "masks.safetensors"
 
@@ -129,3 +129,26 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if (p / MASKS).exists():
         masks = {k: v.bool() for k, v in load_file(str(p / MASKS)).items()}
     return Checkpoint(p, genome, model, read(METRICS), read(CONFIG), masks)
+
+
+def resolve_genome(target: str | Path, num_classes: int | None = None, batchnorm: bool | None = None) -> Genome:
+    """The one name-or-path resolver: a registered genome name, a genome JSON
+    file or a checkpoint (or training run) folder. ``num_classes`` adapts
+    conv10; ``batchnorm`` applies to registered names (a file or checkpoint's
+    genome is taken as written)."""
+    name = str(target)
+    if name in list_genomes():
+        g = get_genome(name, batchnorm=batchnorm)
+    else:
+        p = Path(target)
+        if p.is_dir():
+            try:
+                g = Genome.from_json((resolve_checkpoint(p) / GENOME).read_text())
+            except GenomeError as e:
+                raise CheckpointError(f"{p / GENOME}: {e}") from None
+        elif p.is_file():
+            g = load_genome_file(p)
+        else:
+            raise GenomeError(f"'{name}' is neither a registered genome ({', '.join(list_genomes())}), "
+                              "a genome JSON file nor a checkpoint folder")
+    return g.with_classes(num_classes) if num_classes else g

@@ -235,31 +235,78 @@ def _warn_skipped(skipped: list[str]) -> None:
         log.warning(_skipped_message(skipped, strict=False))
 
 
+def test_split_name(root: str | Path) -> str:
+    """``test`` when the data set has a ``test/`` folder, else ``val``: the
+    split whose figure is reported (and never used to choose anything)."""
+    return "test" if (Path(root) / "test").is_dir() else "val"
+
+
 def check_dataset(root: str | Path) -> list[str]:
-    """Cheap structural check of a class-per-folder set (no decoding): both
-    splits exist, have classes with files, and the same classes. Returns them."""
+    """Cheap structural check of a class-per-folder set (no decoding): train
+    and the test split (``test/`` or else ``val/``) exist, have classes with
+    files, and the same classes. Returns them."""
     root = Path(root)
+    test = test_split_name(root)
     tc, _ = scan_split(root, "train")
-    vc, _ = scan_split(root, "val")
+    vc, _ = scan_split(root, test)
     if tc != vc:
         only_t, only_v = sorted(set(tc) - set(vc)), sorted(set(vc) - set(tc))
         raise DataError(
-            f"train and val have different classes (only in train: {only_t or 'none'}; only in val: "
+            f"train and {test} have different classes (only in train: {only_t or 'none'}; only in {test}: "
             f"{only_v or 'none'}); give both splits the same class folders"
         )
     return tc
+
+
+@dataclass
+class Splits:
+    """The three sets of our evidence rule: ``train`` (the training folder
+    minus a stratified, seeded held-out part) to fit, ``heldout`` for every
+    choice (fitness, which models a report names, probes), ``test`` (``test/``
+    or else ``val/``) for the reported figure only."""
+
+    train: Split
+    heldout: Split
+    test: Split
+    test_name: str
+    holdout: float | None
+    split_seed: int
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+
+def _subset(s: Split, idx: torch.Tensor) -> Split:
+    return Split(s.images[idx], s.labels[idx], s.classes, [s.files[i] for i in idx.tolist()], s.skipped)
+
+
+def load_splits(
+    root: str | Path, image_size: int, holdout: float | None, split_seed: int,
+    cache_dir: str | Path | None = None, strict: bool = False, progress: bool = False,
+) -> Splits:
+    """Train, held-out and test splits (see :class:`Splits`). ``holdout`` is
+    the fraction of each class held out of train (``None``: no held-out set,
+    then ``heldout`` is empty)."""
+    root = Path(root)
+    check_dataset(root)
+    test_name = test_split_name(root)
+    full = load_split(root, "train", image_size, cache_dir, strict, progress=progress)
+    test = load_split(root, test_name, image_size, cache_dir, strict, progress=progress)
+    if holdout:
+        fit_idx, held_idx = holdout_indices(full.labels, holdout, split_seed)
+    else:
+        fit_idx, held_idx = torch.arange(len(full)), torch.zeros(0, dtype=torch.int64)
+    return Splits(_subset(full, fit_idx), _subset(full, held_idx), test, test_name, holdout, split_seed)
 
 
 def load_dataset(
     root: str | Path, image_size: int, cache_dir: str | Path | None = None, strict: bool = False,
     progress: bool = False,
 ) -> tuple[Split, Split]:
-    """Train and val splits; their class sets must agree."""
-    root = Path(root)
-    check_dataset(root)
-    train = load_split(root, "train", image_size, cache_dir, strict, progress=progress)
-    val = load_split(root, "val", image_size, cache_dir, strict, progress=progress)
-    return train, val
+    """The whole training folder and the test split (``test/`` or else ``val/``)."""
+    s = load_splits(root, image_size, None, 0, cache_dir, strict, progress)
+    return s.train, s.test
 
 
 def holdout_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,7 +331,7 @@ def normalize_batch(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 def augment_batch(
-    images_u8: torch.Tensor, generator: torch.Generator, min_scale: float = 0.35, flip: bool = True
+    images_u8: torch.Tensor, generator: torch.Generator, min_scale: float, flip: bool = True
 ) -> torch.Tensor:
     """Random resized crop (area in [min_scale, 1], aspect 3/4..4/3) and
     horizontal flip for a whole batch at once, via one affine grid sample."""

@@ -4,7 +4,7 @@ Each message names the problem and the fix; the CLI prints ``error: <message>``
 and exits with status 2, never a traceback.
 """
 
-__all__ = ["SquishedError", "GenomeError", "DataError", "CheckpointError", "ConfigError", "ExportError"]
+__all__ = ["SquishedError", "GenomeError", "DataError", "CheckpointError", "ConfigError", "ExportError", "StorageError"]
 
 
 class SquishedError(Exception):
@@ -29,3 +29,18 @@ class ConfigError(SquishedError):
 
 class ExportError(SquishedError):
     """An export that failed its check against PyTorch."""
+
+
+class StorageError(SquishedError, OSError):
+    """A file or folder that could not be written because the device is full,
+    over quota or read-only. Also an ``OSError``, so handlers of failed
+    writes keep catching it."""
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+
+    def __str__(self) -> str:
+        # OSError would print "[Errno 28] None: 'path'" once errno is set;
+        # the CLI shows our one-line message instead.
+        return str(self.args[0])

@@ -5,14 +5,19 @@ parent's synaptic probability models under the environmental factor F(E),
 trains them, and keeps the fittest under the constraints ("natural
 selection"), which parents the next generation. The paper ran 15 generations.
 
+Fitness and every other choice use held-out top-1: the images the ancestor
+held out of its training folder (its ``holdout`` and ``split_seed``), which no
+generation trains on. Test top-1 (``test/`` or else ``val/``) is recorded for
+the report and chooses nothing.
+
 The run folder holds the lineage::
 
-    RUN/config.json              resolved configuration
+    RUN/config.json              resolved configuration (rundir.RunDir)
     RUN/gen_00/model/            the ancestor (generation 0)
     RUN/gen_NN/cand_K/state/     resumable training state of offspring K
     RUN/gen_NN/cand_K/model/     offspring K, trained, with its metrics
     RUN/gen_NN/model/            the selected offspring: next generation's parent
-    RUN/lineage.json             one entry per generation
+    RUN/lineage.json             records.Lineage, one entry per generation
 
 Everything random comes from (seed, generation, candidate), and every result
 is written atomically, so a run killed at any moment (even ``kill -9``) and
@@ -23,83 +28,89 @@ ends with the same lineage as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import option, to_dict
+from .data import Splits, load_splits
 from .errors import ConfigError
-from .io import atomic_write_json
-from .metrics import SQUEEZENET11_MB, profile
-from .synthesis import encode, solve_environment, sparse_bytes, synthesize
-from .train import TrainConfig, evaluate, fit
+from .metrics import BYTES_FP32, profile
+from .records import Candidate, GenerationRecord, Lineage
+from .rundir import RunDir
+from .seeds import offspring_seed
+from .synthesis import Encoding, Environment, Offspring, encode, solve_environment, sparse_bytes, synthesize
+from .train import Resumable, TrainConfig, accuracy_metrics, checkpoint_config, fit, train_config_of
 
-__all__ = ["EvolveConfig", "Fitness", "HoldoutTop1", "SmallestFit", "FITNESS", "select", "evolve", "size_path"]
+__all__ = ["EvolveConfig", "GENERATION_TRAIN", "INHERITED", "Fitness", "HoldoutTop1", "SmallestFit", "FITNESS",
+           "select", "evolve", "size_path", "violations"]
 
 log = logging.getLogger(__name__)
 
+# How each offspring is trained unless told otherwise (the main job's values).
+GENERATION_TRAIN = TrainConfig(epochs=12, lr=0.05, warmup_epochs=0.5, eval_every=None)
+# Fields of the offspring's training configuration taken from the ancestor's:
+# the data, its split and resolution, the genome's BatchNorm, the crop
+# recipe; the seed comes from (seed, generation, candidate).
+INHERITED = ("data", "model", "batchnorm", "image_size", "holdout", "split_seed", "min_scale", "seed")
 
-@dataclass
+
+@dataclass(frozen=True)
 class EvolveConfig:
-    """Settings of ``squishednets evolve`` (written to ``RUN/config.json``)."""
+    """Settings of ``squishednets evolve``."""
 
-    generations: int = 15
-    population: int = 1  # offspring per generation (K)
-    env_factor: float = 0.0  # fixed F(E) at cluster level; 0: target mode
-    target_size_mb: float = 0.0  # target mode: final dense fp32 size
-    target_reduction: float = 0.0  # target mode: final size = ancestor / this
-    target_macs_reduction: float = 0.0  # target mode: final MACs at most ancestor's / this (0: size only)
-    sharpness: float = 1.0  # k in p = exp(k (s / Z - 1)); the papers use 1
-    size_draws: int = 16  # target mode: offspring drawn per candidate, the nearest the target kept
-    synapse_level: bool = False
-    synapse_factor: float = 0.98  # F(E) at synapse level, when synapse_level
-    min_width: int = 1
-    # Widths rounded to a multiple: ONNX Runtime's blocked (NCHWc) convolutions
-    # take 16 channels at a time on AVX-512 and 8 on AVX2, and other widths
-    # add layout reorders and slow paths (BENCHMARKS.md measures it). 16 suits
-    # both; 1 turns rounding off.
-    round_to: int = 16
-    init: str = "inherit"  # inherit | scratch
-    epochs: int = 10  # training epochs per generation
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    warmup_epochs: float = 0.5
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    batch_size: int = 128
-    holdout: float = 0.1  # fraction of train held out for fitness (never val)
-    fitness: str = "top1"  # top1 | smallest
-    max_size_mb: float = 0.0  # constraints, 0 = none
-    max_macs: int = 0
-    min_top1: float = 0.0
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"
-    cache_dir: str = ""
-    data: str = ""  # default: the ancestor's data
+    generations: int = option(15, help="generations of synthesis (the paper ran 15)")
+    population: int = option(1, help="offspring per generation; the fittest survives")
+    env_factor: float | None = option(None, help="fixed environmental factor F(E) < 1 at cluster level")
+    target_size_mb: float | None = option(
+        None, help="target mode: the last generation's dense fp32 parameter size (MB, BatchNorm folded) is at most this")
+    target_reduction: float | None = option(None, help="target mode: end this many times smaller than the ancestor")
+    target_macs_reduction: float | None = option(
+        None, help="target mode: also end with this many times fewer MACs than the ancestor "
+                   "(removal shifts to high-resolution layers)")
+    sharpness: float = option(1.0, help="k in p = exp(k (s / Z - 1)); 1 as in the papers")
+    size_draws: int = option(16, help="target mode: offspring drawn per candidate, the nearest the target kept")
+    final_within_target: bool = option(
+        True, help="target mode: the last generation's draws must fit the target size (more are drawn if needed)")
+    synapse_level: bool = option(False, help="also sample synapses inside surviving filters (sparse size reported)")
+    synapse_factor: float = option(0.98, help="F(E) at synapse level")
+    min_width: int = option(1, help="fewest filters a layer keeps")
+    # ONNX Runtime's blocked (NCHWc) convolutions take 16 channels at a time on
+    # AVX-512 and 8 on AVX2; other widths add reorders (BENCHMARKS.md).
+    round_to: int = option(16, help="round widths to a multiple of this (1: off)")
+    init: str = option("inherit", help="inherit: surviving weights sliced in; scratch: fresh weights",
+                       choices=("inherit", "scratch"))
+    fitness: str = option("top1", help="top1 (held-out top-1) or smallest", choices=("top1", "smallest"))
+    max_size_mb: float | None = option(None, help="constraint: largest size in MB")
+    max_macs: int | None = option(None, help="constraint: largest MACs")
+    min_top1: float | None = option(None, help="constraint: smallest held-out top-1")
+    seed: int = option(0, help="seed of the offspring draws and their training")
+    data: str | None = option(None, help="data set (off: the ancestor's)")
+    train: TrainConfig = option(default_factory=lambda: GENERATION_TRAIN, help="training of each offspring")
 
     def __post_init__(self) -> None:
         if self.generations < 1 or self.population < 1:
             raise ConfigError("generations and population must be >= 1")
-        modes = [self.env_factor > 0, self.target_size_mb > 0, self.target_reduction > 0]
-        if sum(modes) > 1:
+        modes = [self.env_factor, self.target_size_mb, self.target_reduction]
+        if sum(m is not None for m in modes) > 1:
             raise ConfigError("give one of --env-factor, --target-size-mb and --target-reduction, not several")
-        if sum(modes) == 0:
-            raise ConfigError("give --env-factor F (0 < F < 1) or a target: --target-size-mb or --target-reduction")
-        if self.env_factor > 0 and not self.env_factor < 1:
-            raise ConfigError(f"--env-factor must be below 1 (a resource-starved environment), got {self.env_factor}")
-        if self.target_reduction and self.target_reduction <= 1:
+        if self.env_factor is not None and not 0 < self.env_factor < 1:
+            raise ConfigError(f"--env-factor must be in (0, 1) (a resource-starved environment), got {self.env_factor}")
+        if self.target_size_mb is not None and self.target_size_mb <= 0:
+            raise ConfigError(f"--target-size-mb must be > 0, got {self.target_size_mb}")
+        if self.target_reduction is not None and self.target_reduction <= 1:
             raise ConfigError(f"--target-reduction must be > 1 (times smaller than the ancestor), got {self.target_reduction}")
-        if self.target_macs_reduction:
+        if self.target_macs_reduction is not None:
             if self.target_macs_reduction <= 1:
-                raise ConfigError(f"--target-macs-reduction must be > 1 (times fewer MACs than the ancestor), "
-                                  f"got {self.target_macs_reduction}")
-            if self.env_factor > 0:
+                raise ConfigError(f"--target-macs-reduction must be > 1 (times fewer MACs than the ancestor) or "
+                                  f"off, got {self.target_macs_reduction}")
+            if self.env_factor is not None:
                 raise ConfigError("--target-macs-reduction works in target mode: give --target-size-mb or "
                                   "--target-reduction instead of --env-factor")
         if self.size_draws < 1:
@@ -110,57 +121,60 @@ class EvolveConfig:
             raise ConfigError(f"--init must be inherit or scratch, got {self.init}")
         if self.fitness not in FITNESS:
             raise ConfigError(f"--fitness must be one of {sorted(FITNESS)}, got {self.fitness}")
-        if not 0 < self.holdout < 1:
-            raise ConfigError(f"--holdout must be in (0, 1), got {self.holdout}")
-        if self.min_width < 1 or self.round_to < 1 or self.epochs < 0:
-            raise ConfigError("--min-width and --round-to must be >= 1 and --epochs >= 0")
+        if self.min_width < 1 or self.round_to < 1:
+            raise ConfigError("--min-width and --round-to must be >= 1")
 
+    @property
+    def target_mode(self) -> bool:
+        return self.env_factor is None
 
-# Values of options added after the first release that reproduce what runs
-# made before them did; a config.json without the key is compared with these.
-_LEGACY: dict[str, Any] = {"target_macs_reduction": 0.0}
+    def check_mode(self) -> None:
+        """A run needs a fixed F(E) or a target (the defaults give neither, so
+        a configuration can be built up from a file and flags)."""
+        if self.env_factor is None and self.target_size_mb is None and self.target_reduction is None:
+            raise ConfigError("give --env-factor F (0 < F < 1) or a target: --target-size-mb or --target-reduction")
 
 
 # -- fitness and selection -------------------------------------------------------------
 class Fitness(Protocol):
-    """Scores a trained candidate (its metrics dict); higher is fitter."""
+    """Scores a trained candidate; higher is fitter."""
 
-    def __call__(self, m: dict[str, Any]) -> float: ...
+    def __call__(self, c: Candidate) -> float: ...
 
 
 class HoldoutTop1:
     """Top-1 on the held-out part of the training set."""
 
-    def __call__(self, m: dict[str, Any]) -> float:
-        return m["holdout_top1"]
+    def __call__(self, c: Candidate) -> float:
+        return c.heldout_top1
 
 
 class SmallestFit:
     """The smallest candidate; held-out top-1 breaks ties."""
 
-    def __call__(self, m: dict[str, Any]) -> float:
-        return -m["size_mb"] + 1e-6 * m["holdout_top1"]
+    def __call__(self, c: Candidate) -> float:
+        return -c.size_mb + 1e-6 * c.heldout_top1
 
 
 FITNESS: dict[str, Callable[[], Fitness]] = {"top1": HoldoutTop1, "smallest": SmallestFit}
 
 
-def violations(m: dict[str, Any], cfg: EvolveConfig) -> list[str]:
+def violations(c: Candidate, cfg: EvolveConfig) -> list[str]:
     v = []
-    if cfg.max_size_mb and m["size_mb"] > cfg.max_size_mb:
-        v.append(f"size {m['size_mb']:.3f} MB > {cfg.max_size_mb}")
-    if cfg.max_macs and m["macs"] > cfg.max_macs:
-        v.append(f"MACs {m['macs']} > {cfg.max_macs}")
-    if cfg.min_top1 and m["holdout_top1"] < cfg.min_top1:
-        v.append(f"held-out top-1 {m['holdout_top1']:.3f} < {cfg.min_top1}")
+    if cfg.max_size_mb is not None and c.size_mb > cfg.max_size_mb:
+        v.append(f"size {c.size_mb:.3f} MB > {cfg.max_size_mb}")
+    if cfg.max_macs is not None and c.macs > cfg.max_macs:
+        v.append(f"MACs {c.macs} > {cfg.max_macs}")
+    if cfg.min_top1 is not None and c.heldout_top1 < cfg.min_top1:
+        v.append(f"held-out top-1 {c.heldout_top1:.3f} < {cfg.min_top1}")
     return v
 
 
-def select(cands: list[dict[str, Any]], cfg: EvolveConfig) -> tuple[int, bool]:
+def select(cands: list[Candidate], cfg: EvolveConfig) -> tuple[int, bool]:
     """Index of the fittest candidate among those meeting the constraints (or,
     if none does, among all, reported as such) and whether it met them."""
     score = FITNESS[cfg.fitness]()
-    ok = [i for i, m in enumerate(cands) if not violations(m, cfg)]
+    ok = [i for i, c in enumerate(cands) if not violations(c, cfg)]
     pool = ok or list(range(len(cands)))
     best = max(pool, key=lambda i: (score(cands[i]), -i))
     return best, bool(ok)
@@ -171,53 +185,198 @@ def size_path(start_params: float, target_params: float, generations: int, g: in
     return start_params * (target_params / start_params) ** (g / generations)
 
 
-def _target_error(prof: Any, want: float | None, want_macs: float | None) -> float:
-    """How far a drawn offspring lands from the generation's targets: the
-    relative size error, counted three times when above the target (a target
-    is a budget: users expect the last generation to fit it), plus the
-    relative MAC excess when MACs have a target (fewer is no fault)."""
-    if want is None:
-        return 0.0
-    err = abs(prof.params - want) / want + 2 * max(0.0, prof.params - want) / want
-    if want_macs:
-        err += max(0.0, prof.macs - want_macs) / want_macs
-    return err
+# -- one generation's plan ------------------------------------------------------------
+@dataclass(frozen=True)
+class _Target:
+    """What generation g aims at in target mode (parameters; MACs if targeted)."""
+
+    params: float
+    macs: float | None
+    final: bool
+
+    def error(self, params: int, macs: int) -> float:
+        """How far a drawn offspring lands from the targets: the relative size
+        error, counted three times when above the target (a target is a
+        budget), plus the relative MAC excess when MACs have a target."""
+        err = abs(params - self.params) / self.params + 2 * max(0.0, params - self.params) / self.params
+        if self.macs:
+            err += max(0.0, macs - self.macs) / self.macs
+        return err
 
 
-# -- the loop -------------------------------------------------------------------------
-def _gen_dir(run: Path, g: int) -> Path:
-    return run / f"gen_{g:02d}"
+@dataclass
+class _Context:
+    """What every generation of one run shares."""
+
+    rd: RunDir
+    cfg: EvolveConfig
+    train: TrainConfig
+    splits: Splits
+    image_size: int
+    name: str
+    start: GenerationRecord
+    progress: bool
+
+    def target(self, g: int) -> _Target | None:
+        c = self.cfg
+        if not c.target_mode:
+            return None
+        goal = (c.target_size_mb * 1e6 / BYTES_FP32 if c.target_size_mb is not None
+                else self.start.params / c.target_reduction)
+        macs = None
+        if c.target_macs_reduction is not None:
+            macs = size_path(self.start.macs, self.start.macs / c.target_macs_reduction, c.generations, g)
+        return _Target(size_path(self.start.params, goal, c.generations, g), macs, g == c.generations)
 
 
-def _entry(g: int, ck: Checkpoint, image_size: int, run: Path) -> dict[str, Any]:
+def _gen_dir(rd: RunDir, g: int) -> Path:
+    return rd.root / f"gen_{g:02d}"
+
+
+def _record(g: int, ck: Checkpoint, ctx: _Context) -> GenerationRecord:
+    """The lineage entry of a generation's checkpoint."""
     m = ck.metrics
-    prof = profile(ck.genome, image_size)
-    return {
-        "generation": g,
-        "name": ck.genome.name,
-        "params": prof.params,
-        "size_mb": prof.size_mb,
-        "reduction_vs_squeezenet11": SQUEEZENET11_MB / prof.size_mb,
-        "macs": prof.macs,
-        "top1": m.get("top1"),
-        "holdout_top1": m.get("holdout_top1"),
-        "nonzero_params": m.get("nonzero_params", prof.params),
-        "sparse_bytes": m.get("sparse_bytes"),
-        "wall_s": m.get("wall_s"),
-        "seed": m.get("seed"),
-        "parent": m.get("parent"),
-        "env_factor": m.get("env_factor"),
-        "target_size_mb": m["target_params"] * 4 / 1e6 if m.get("target_params") else None,
-        "sharpness": m.get("sharpness"),
-        "mac_pressure": m.get("mac_pressure"),
-        "target_macs": m.get("target_macs"),
-        "synapse_factor": m.get("synapse_factor"),
-        "candidates": m.get("candidates"),
-        "constraints_met": m.get("constraints_met"),
-        "widths": ck.genome.widths(),
-        "history": m.get("history"),
-        "path": str(ck.path.relative_to(run)),  # relative: the run folder can move
+    prof = profile(ck.genome, ctx.image_size)
+    return GenerationRecord(
+        generation=g, name=ck.genome.name, path=ctx.rd.rel(ck.path), params=prof.params, size_mb=prof.size_mb,
+        macs=prof.macs, widths=ck.genome.widths(), heldout_top1=m["heldout_top1"], test_top1=m["test_top1"],
+        test_top5=m["test_top5"], nonzero_params=m["nonzero_params"], sparse_bytes=m["sparse_bytes"],
+        wall_s=m["wall_s"], seed=m.get("seed"), parent=m.get("parent"), env_factor=m.get("env_factor"),
+        sharpness=m.get("sharpness"), mac_pressure=m.get("mac_pressure"),
+        target_size_mb=m["target_params"] * BYTES_FP32 / 1e6 if m.get("target_params") else None,
+        target_macs=m.get("target_macs"), synapse_factor=m.get("synapse_factor"),
+        constraints_met=m.get("constraints_met"), selected=m.get("selected"),
+        candidates=[Candidate(**c) for c in m.get("candidates", [])], history=m.get("history") or [])
+
+
+def _weights_fingerprint(ck_path: Path) -> str:
+    return hashlib.sha256((ck_path / "weights.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def _open(ancestor: str | Path, run: str | Path, cfg: EvolveConfig) -> tuple[RunDir, Checkpoint, TrainConfig, str]:
+    """Check the ancestor, then start or resume the run folder."""
+    anc = load_checkpoint(ancestor)
+    anc_cfg, _ = train_config_of(anc)
+    if anc_cfg.holdout is None:
+        raise ConfigError(f"{anc.path} was trained on every training image (holdout off), so no held-out set is "
+                          "left for fitness; retrain it with --holdout 0.1")
+    data = cfg.data or anc_cfg.data
+    tcfg = dataclasses.replace(cfg.train, **{k: getattr(anc_cfg, k) for k in INHERITED if k != "data"}, data=data)
+    # The ancestor is identified by its weights, not its path: a moved run
+    # folder (or ancestor) still resumes, another ancestor does not.
+    rd = RunDir.open(run, cfg, "evolve", extra={"ancestor_weights": _weights_fingerprint(resolve_checkpoint(ancestor)),
+                                                 "data": data, "image_size": anc_cfg.image_size},
+                     check_extra=("ancestor_weights",))
+    return rd, anc, tcfg, data
+
+
+def _generation_zero(ctx: _Context, anc: Checkpoint, anc_cfg: TrainConfig) -> GenerationRecord:
+    """The ancestor, measured the same way as its offspring, as generation 0."""
+    g0 = _gen_dir(ctx.rd, 0) / "model"
+    if not (g0 / "metrics.json").exists():
+        t0 = time.perf_counter()
+        acc = accuracy_metrics(anc.model, ctx.splits)
+        nnz, sb = sparse_bytes(anc.model, anc.masks)
+        m0 = {**acc, "classes": ctx.splits.classes, "seed": anc_cfg.seed, "parent": None,
+              "wall_s": anc.metrics.get("train_time_s", 0.0) + time.perf_counter() - t0,
+              "nonzero_params": nnz, "sparse_bytes": sb, "history": anc.metrics.get("history")}
+        save_checkpoint(g0, anc.model, m0, anc.config, anc.masks)
+    return _record(0, load_checkpoint(g0), ctx)
+
+
+def _environment(parent: Checkpoint, tgt: _Target | None, ctx: _Context) -> Environment:
+    c = ctx.cfg
+    if tgt is None:
+        return Environment(c.env_factor, c.sharpness)
+    return solve_environment(parent.model, tgt.params, c.sharpness, c.min_width, target_macs=tgt.macs,
+                             image_size=ctx.image_size, divisor=c.round_to)
+
+
+def _draw(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | None, gen: torch.Generator, g: int,
+          ctx: _Context) -> tuple[Offspring, bool]:
+    """One offspring. In target mode several are drawn (cheap: no training) and
+    the one nearest the generation's target lives; in the last generation only
+    draws within the target size count while there are any (up to 8x more
+    draws), so the final network meets its budget. Returns (offspring, fits)."""
+    c = ctx.cfg
+    best: Offspring | None = None
+    best_key = (True, float("inf"))
+    must_fit = tgt is not None and tgt.final and c.final_within_target
+    fitting = 0
+    limit = c.size_draws * (8 if must_fit else 1) if tgt is not None else 1
+    for i in range(limit):
+        o = synthesize(parent.model, env.factor, gen, sharpness=env.sharpness, min_width=c.min_width,
+                       divisor=c.round_to, name=f"{ctx.name}-gen{g:02d}", init=c.init,
+                       synapse_factor=c.synapse_factor if c.synapse_level else None, parent_masks=parent.masks,
+                       encoding=enc)
+        if tgt is None:
+            return o, True
+        prof = profile(o.model.genome, ctx.image_size)
+        over = must_fit and prof.params > tgt.params
+        key = (over, tgt.error(prof.params, prof.macs))
+        fitting += not over
+        if key < best_key:
+            best, best_key = o, key
+        if i + 1 >= c.size_draws and (not must_fit or fitting >= c.size_draws):
+            break
+    assert best is not None
+    return best, not best_key[0]
+
+
+def _breed(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | None, g: int, k: int,
+           ctx: _Context) -> Candidate:
+    """Draw, train and score candidate k of generation g (or read it back)."""
+    c = ctx.cfg
+    cdir = _gen_dir(ctx.rd, g) / f"cand_{k}"
+    if (cdir / "model" / "metrics.json").exists():
+        return Candidate(**load_checkpoint(cdir / "model").metrics["candidate"])
+    t0 = time.perf_counter()
+    seed = offspring_seed(c.seed, g, k)
+    off, fits = _draw(parent, env, enc, tgt, torch.Generator().manual_seed(seed), g, ctx)
+    if not fits:
+        log.warning("generation %d: no draw of %d fits the target size; the smallest was kept", g, c.size_draws * 8)
+    child = off.model
+    synth_s = time.perf_counter() - t0
+    tcfg = dataclasses.replace(ctx.train, seed=seed)
+    res: dict[str, Any] = {"history": [], "train_time_s": 0.0}
+    if tcfg.epochs > 0:
+        res = fit(child, (ctx.splits.train.images, ctx.splits.train.labels), tcfg, masks=off.masks,
+                  resume=Resumable(cdir / "state", {"genome": child.genome.to_dict(), "generation": g}),
+                  desc=f"gen {g}/{c.generations} cand {k + 1}/{c.population}" if ctx.progress else None)
+    t1 = time.perf_counter()
+    child.cpu()
+    acc = accuracy_metrics(child, ctx.splits)
+    prof = profile(child.genome, ctx.image_size)
+    nnz, sb = sparse_bytes(child, off.masks)
+    wall = synth_s + res["train_time_s"] + (time.perf_counter() - t1)
+    cand = Candidate(index=k, heldout_top1=acc["heldout_top1"], size_mb=prof.size_mb, params=prof.params,
+                     macs=prof.macs, seed=seed, wall_s=wall)
+    metrics = {
+        **acc, "candidate": cand.to_dict(), "nonzero_params": nnz, "sparse_bytes": sb, "classes": ctx.splits.classes,
+        "seed": seed, "parent": ctx.rd.rel(parent.path), "env_factor": env.factor, "sharpness": env.sharpness,
+        "mac_pressure": env.pressure, "target_macs": tgt.macs if tgt else None,
+        "synapse_factor": c.synapse_factor if c.synapse_level else None, "target_params": tgt.params if tgt else None,
+        "target_met": fits, "keep": off.keep, "history": res["history"], "train_time_s": res["train_time_s"],
+        "wall_s": wall,
     }
+    save_checkpoint(cdir / "model", child, metrics, checkpoint_config(tcfg, ctx.splits.classes), off.masks)
+    return cand
+
+
+def _generation(parent: Checkpoint, g: int, ctx: _Context) -> Checkpoint:
+    """Breed generation g's candidates, select the fittest, save it as the next parent."""
+    gdir = _gen_dir(ctx.rd, g)
+    tgt = ctx.target(g)
+    env = _environment(parent, tgt, ctx)
+    enc = encode(parent.model, env.sharpness, weights=env.weights)  # the parent's DNA, shared by every draw
+    cands = [_breed(parent, env, enc, tgt, g, k, ctx) for k in range(ctx.cfg.population)]
+    best, met = select(cands, ctx.cfg)
+    chosen = load_checkpoint(gdir / f"cand_{best}" / "model")
+    m = {**chosen.metrics, "selected": best, "constraints_met": met,
+         "wall_s": sum(c.wall_s for c in cands),
+         "candidates": [c.to_dict() for c in cands]}
+    save_checkpoint(gdir / "model", chosen.model, m, chosen.config, chosen.masks)
+    return load_checkpoint(gdir / "model")
 
 
 def evolve(
@@ -225,154 +384,34 @@ def evolve(
     run: str | Path,
     cfg: EvolveConfig,
     progress: bool = True,
-    on_generation: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+    on_generation: Callable[[GenerationRecord], None] | None = None,
+) -> Lineage:
     """Run (or resume) the generations; return the lineage."""
-    from .data import holdout_indices, load_dataset
-
-    run = Path(run)
-    anc = load_checkpoint(ancestor)
-    image_size = int(anc.config.get("image_size") or anc.metrics.get("image_size") or 0)
-    if not image_size:
-        raise ConfigError(f"{anc.path} does not record its training resolution (config.json image_size)")
-    data = cfg.data or anc.config.get("data")
-    if not data:
-        raise ConfigError("the ancestor does not say which data it was trained on; pass --data")
-    resolved = {**asdict(cfg), "data": data, "ancestor": str(Path(ancestor).resolve()), "image_size": image_size}
-    cfg_path = run / "config.json"
-    if cfg_path.exists():
-        # Keys added later count as the values that reproduce older runs.
-        old = {**_LEGACY, **json.loads(cfg_path.read_text())}
-        diff = sorted(k for k in resolved if k not in ("threads", "device", "cache_dir") and old.get(k) != resolved[k])
-        if diff:
-            raise ConfigError(f"run folder {run} was started with other settings ({', '.join(diff)}); "
-                              "use the same options to resume or choose a new run folder")
-    elif run.exists() and any(run.iterdir()):
-        raise ConfigError(f"{run} exists and is not an evolve run; choose a new run folder")
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg_path, resolved)
-
-    train, val = load_dataset(data, image_size, cfg.cache_dir or None, progress=progress)
-    classes = anc.metrics.get("classes") or anc.config.get("classes")
-    if classes and classes != train.classes:
+    cfg.check_mode()
+    rd, anc, tcfg, data = _open(ancestor, run, cfg)
+    anc_cfg, classes = train_config_of(anc)
+    splits = load_splits(data, tcfg.image_size, tcfg.holdout, tcfg.split_seed, tcfg.cache_dir, progress=progress)
+    if classes != splits.classes:
         raise ConfigError("the data's classes differ from the ancestor's; evolve on the data it was trained on")
-    fit_idx, held_idx = holdout_indices(train.labels, cfg.holdout, cfg.seed)
-    fit_x, fit_y = train.images[fit_idx], train.labels[fit_idx]
-    held_x, held_y = train.images[held_idx], train.labels[held_idx]
-    n_classes = anc.genome.num_classes
-    tcfg = TrainConfig(data=data, image_size=image_size, epochs=max(1, cfg.epochs), batch_size=cfg.batch_size,
-                       optimizer=cfg.optimizer, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs,
-                       weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,
-                       min_scale=float(anc.config.get("min_scale", TrainConfig.min_scale)), threads=cfg.threads, device=cfg.device,
-                       eval_every=0, channels_last=True)
-
-    # Generation 0: the ancestor, measured the same way as its offspring.
-    g0 = _gen_dir(run, 0) / "model"
-    if not (g0 / "metrics.json").exists() or "holdout_top1" not in json.loads((g0 / "metrics.json").read_text()):
-        t0 = time.perf_counter()
-        hold = evaluate(anc.model, held_x, held_y, n_classes)["top1"]
-        vr = evaluate(anc.model, val.images, val.labels, n_classes)
-        nnz, sb = sparse_bytes(anc.model, anc.masks)
-        m0 = {"top1": vr["top1"], "top5": vr["top5"], "val": vr, "holdout_top1": hold,
-              "classes": train.classes, "image_size": image_size, "seed": cfg.seed, "parent": None,
-              "wall_s": anc.metrics.get("train_time_s", 0.0) + time.perf_counter() - t0,
-              "nonzero_params": nnz, "sparse_bytes": sb, "history": anc.metrics.get("history"),
-              "note": "the ancestor trained on all of train, the held-out part included"}
-        save_checkpoint(g0, anc.model, m0, {**anc.config, "image_size": image_size}, anc.masks)
-    parent = load_checkpoint(g0)
-    lineage = [_entry(0, parent, image_size, run)]
-    atomic_write_json(run / "lineage.json", {"config": resolved, "generations": lineage})
-    start_params = lineage[0]["params"]
-    start_macs = lineage[0]["macs"]
-    if cfg.target_size_mb:
-        target_params = cfg.target_size_mb * 1e6 / 4
-    elif cfg.target_reduction:
-        target_params = start_params / cfg.target_reduction
-    else:
-        target_params = None
-
+    ctx = _Context(rd, cfg, tcfg, splits, tcfg.image_size, anc.genome.name, None, progress)  # type: ignore[arg-type]
+    ctx.start = _generation_zero(ctx, anc, anc_cfg)
+    if cfg.target_mode and ctx.target(cfg.generations).params >= ctx.start.params:
+        raise ConfigError(f"the target ({ctx.target(cfg.generations).params * BYTES_FP32 / 1e6:.3f} MB) is not below "
+                          f"the ancestor's {ctx.start.size_mb:.3f} MB; choose a smaller --target-size-mb")
+    config = {**to_dict(cfg), "data": data, "image_size": tcfg.image_size}
+    records = [ctx.start]
+    parent = load_checkpoint(_gen_dir(rd, 0) / "model")
     for g in range(1, cfg.generations + 1):
-        gdir = _gen_dir(run, g)
-        if (gdir / "model" / "metrics.json").exists():
-            parent = load_checkpoint(gdir / "model")
-            lineage.append(_entry(g, parent, image_size, run))
-            continue
-        prof_parent = profile(parent.genome, image_size)
-        want_macs = None
-        weights = None
-        pressure = 0.0
-        if target_params is not None:
-            want = size_path(start_params, target_params, cfg.generations, g)
-            if cfg.target_macs_reduction:
-                want_macs = size_path(start_macs, start_macs / cfg.target_macs_reduction, cfg.generations, g)
-            env = solve_environment(parent.model, want, cfg.sharpness, cfg.min_width, target_macs=want_macs,
-                                    image_size=image_size, divisor=cfg.round_to)
-            factor, sharp, pressure, weights = env.factor, env.sharpness, env.pressure, env.weights
-        else:
-            want, factor, sharp = None, cfg.env_factor, cfg.sharpness
-        enc = encode(parent.model, sharp, weights=weights)  # the parent's DNA, shared by every draw
-        cands = []
-        for k in range(cfg.population):
-            cdir = gdir / f"cand_{k}"
-            if (cdir / "model" / "metrics.json").exists():
-                cands.append(load_checkpoint(cdir / "model").metrics)
-                continue
-            t0 = time.perf_counter()
-            seed = cfg.seed * 1_000_003 + g * 1_009 + k
-            gen = torch.Generator().manual_seed(seed)
-            # Widths rounded to multiples of 8 are coarse in thin layers, so one
-            # draw can land well off the generation's target. In target mode
-            # several offspring are drawn (cheap: no training) and the one
-            # nearest the target size lives; all draws come from the seed.
-            off, off_err = None, float("inf")
-            for _ in range(cfg.size_draws if want is not None else 1):
-                o = synthesize(parent.model, factor, gen, sharpness=sharp, min_width=cfg.min_width,
-                               divisor=cfg.round_to, name=f"{anc.genome.name}-gen{g:02d}", init=cfg.init,
-                               synapse_factor=cfg.synapse_factor if cfg.synapse_level else None,
-                               parent_masks=parent.masks, encoding=enc)
-                err = _target_error(profile(o.model.genome, image_size), want, want_macs)
-                if err < off_err:
-                    off, off_err = o, err
-            assert off is not None
-            child = off.model
-            synth_s = time.perf_counter() - t0
-            ccfg = dataclasses.replace(tcfg, seed=seed)
-            res: dict[str, Any] = {"history": [], "train_time_s": 0.0}
-            if cfg.epochs > 0:
-                res = fit(child, fit_x, fit_y, ccfg, state_dir=cdir / "state", masks=off.masks, progress=progress,
-                          desc=f"gen {g}/{cfg.generations} cand {k + 1}/{cfg.population}",
-                          fingerprint_extra={"genome": child.genome.to_dict(), "generation": g})
-            t1 = time.perf_counter()
-            child.cpu()
-            hold = evaluate(child, held_x, held_y, n_classes)["top1"]
-            prof = profile(child.genome, image_size)
-            nnz, sb = sparse_bytes(child, off.masks)
-            metrics = {
-                "holdout_top1": hold, "size_mb": prof.size_mb, "params": prof.params, "macs": prof.macs,
-                "nonzero_params": nnz, "sparse_bytes": sb, "classes": train.classes, "image_size": image_size,
-                "seed": seed, "parent": str(parent.path.relative_to(run)), "env_factor": factor,
-                "sharpness": sharp, "mac_pressure": pressure, "target_macs": want_macs,
-                "synapse_factor": cfg.synapse_factor if cfg.synapse_level else None,
-                "target_params": want, "expected_from": prof_parent.params, "keep": off.keep,
-                "history": res["history"], "train_time_s": res["train_time_s"],
-                "wall_s": synth_s + res["train_time_s"] + (time.perf_counter() - t1),
-            }
-            save_checkpoint(cdir / "model", child, metrics, {**asdict(ccfg), "classes": train.classes}, off.masks)
-            cands.append(metrics)
-        best, met = select(cands, cfg)
-        chosen = load_checkpoint(gdir / f"cand_{best}" / "model")
-        vr = evaluate(chosen.model, val.images, val.labels, n_classes)
-        m = {**chosen.metrics, "top1": vr["top1"], "top5": vr["top5"], "val": vr, "selected": best,
-             "constraints_met": met, "wall_s": sum(c["wall_s"] for c in cands),
-             "candidates": [{"holdout_top1": c["holdout_top1"], "size_mb": c["size_mb"], "macs": c["macs"]}
-                            for c in cands]}
-        save_checkpoint(gdir / "model", chosen.model, m, chosen.config, chosen.masks)
-        parent = load_checkpoint(gdir / "model")
-        lineage.append(_entry(g, parent, image_size, run))
-        atomic_write_json(run / "lineage.json", {"config": resolved, "generations": lineage})
-        log.info("generation %d: %.3f MB, val top-1 %.4f, held-out %.4f, F(E)=%.4f k=%.3f MAC pressure %.2f", g,
-                 lineage[-1]["size_mb"], vr["top1"], m["holdout_top1"], factor, sharp, pressure)
-        if on_generation is not None:
-            on_generation(lineage[-1])
-    atomic_write_json(run / "lineage.json", {"config": resolved, "generations": lineage})
+        done = (_gen_dir(rd, g) / "model" / "metrics.json").exists()
+        parent = load_checkpoint(_gen_dir(rd, g) / "model") if done else _generation(parent, g, ctx)
+        records.append(_record(g, parent, ctx))
+        Lineage(config, records).save(rd.root)
+        if not done:
+            e = records[-1]
+            log.info("generation %d: %.3f MB, held-out top-1 %.4f, F(E)=%.4f k=%.3f MAC pressure %.2f", g,
+                     e.size_mb, e.heldout_top1, e.env_factor, e.sharpness, e.mac_pressure)
+            if on_generation is not None:
+                on_generation(e)
+    lineage = Lineage(config, records)
+    lineage.save(rd.root)
     return lineage

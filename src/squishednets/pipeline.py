@@ -4,166 +4,157 @@
 few-class ancestor, section 3's evolutionary synthesis, Table 1) in one run
 folder::
 
-    RUN/run.json      resolved configuration and finished stages
+    RUN/config.json   resolved configuration and finished stages (rundir.RunDir)
     RUN/ancestor/     the training run of the 10-class SqueezeNet v1.1
     RUN/evolve/       the lineage (see evolve.py), bench.json
     RUN/report/       Table 1 (Markdown, CSV, JSON) and report.html
     RUN/export/       ONNX files of the ancestor and the chosen SquishedNets
 
-Every stage resumes: run the same command again after an interruption.
+The ancestor trains on the training folder minus its held-out part; every
+choice after it (fitness, SquishedNet-1…4, what is exported) uses held-out
+top-1, and test top-1 is reported only. Every stage resumes: run the same
+command again after an interruption.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .bench import BenchConfig, bench_target
+from .checkpoint import load_checkpoint
+from .config import option
+from .data import check_dataset
 from .errors import ConfigError
+from .evolve import GENERATION_TRAIN, INHERITED, EvolveConfig, evolve
+from .export import export_onnx
 from .io import atomic_write_json
-from .train import DEFAULT_DATA
+from .records import SELECTED_BY, GenerationRecord, Lineage
+from .report import choose_squishednets, write_report
+from .rundir import RunDir
+from .train import TrainConfig, run_training
 
-__all__ = ["RunConfig", "PRESETS", "LEGACY", "run_all"]
+__all__ = ["RunConfig", "PRESETS", "RUN_FLAGS", "RUN_SKIP", "run_all"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    data: str = DEFAULT_DATA
-    image_size: int = 64
-    ancestor_epochs: int = 60
-    generations: int = 15
-    epochs_per_generation: int = 12
-    target_size_mb: float = 0.49
-    # Size alone leaves the compute in the high-resolution layers (at 0.47 MB
-    # the lineage had only 4.2x fewer MACs at 224 px and ran 3.9x faster in
-    # ONNX Runtime); a MAC target moves removal there. BENCHMARKS.md has both.
-    target_macs_reduction: float = 6.0
-    round_to: int = 16
-    population: int = 1
-    lr: float = 0.1
-    generation_lr: float = 0.05
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"
-    bench_runs: int = 20
-    bench_min_time: float = 1.0
-    bench_rounds: int = 3
+    """The main job: the ancestor's training, the evolution and the benchmark."""
+
+    ancestor: TrainConfig = option(default_factory=TrainConfig, help="training of the ancestor")
+    # Size alone leaves the compute in the high-resolution layers; a MAC
+    # target moves removal there (BENCHMARKS.md has both lineages).
+    evolve: EvolveConfig = option(
+        default_factory=lambda: EvolveConfig(target_size_mb=0.49, target_macs_reduction=6.0),
+        help="evolutionary synthesis")
+    # Models are timed in interleaved rounds: the host's speed drifts.
+    bench: BenchConfig = option(default_factory=lambda: BenchConfig(rounds=3), help="benchmark of the lineage")
 
     def __post_init__(self) -> None:
-        if self.target_size_mb <= 0:
-            raise ConfigError("--target-size-mb must be > 0")
-        if self.target_macs_reduction and self.target_macs_reduction <= 1:
-            raise ConfigError(f"--target-macs-reduction must be > 1 or 0 (off), got {self.target_macs_reduction}")
-        for k in ("image_size", "ancestor_epochs", "generations", "population", "bench_runs", "round_to",
-                  "bench_rounds"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"--{k.replace('_', '-')} must be >= 1")
+        if self.evolve.target_size_mb is None:
+            raise ConfigError("the main job needs --target-size-mb")
 
 
-# The paper's setting: 224 px ImageNet-style input and 15 generations, meant
-# for a machine with a GPU (about 12x the compute of the 64 px default).
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "paper": {"image_size": 224, "ancestor_epochs": 90, "generations": 15, "epochs_per_generation": 20,
-              "target_macs_reduction": 0.0},
+# The paper's setting: 224 px input and 15 generations, meant for a machine
+# with a GPU (about 12x the compute of the 64 px default).
+PRESETS: dict[str, RunConfig] = {
+    "default": RunConfig(),
+    "paper": RunConfig(
+        ancestor=TrainConfig(image_size=224, epochs=90),
+        evolve=EvolveConfig(target_size_mb=0.49, train=dataclasses.replace(GENERATION_TRAIN, epochs=20))),
 }
 
-# Values that reproduce what runs made before an option existed did: a run
-# folder whose run.json lacks the key is compared against these, not against
-# today's defaults.
-LEGACY: dict[str, Any] = {"target_macs_reduction": 0.0, "round_to": 8, "bench_rounds": 1}
+# The main job's short flags: one flag may set a value in several stages.
+RUN_FLAGS: dict[str, tuple[str, ...]] = {
+    "data": ("ancestor.data",),
+    "image-size": ("ancestor.image_size",),
+    "holdout": ("ancestor.holdout",),
+    "lr": ("ancestor.lr",),
+    "generations": ("evolve.generations",),
+    "epochs-per-generation": ("evolve.train.epochs",),
+    "generation-lr": ("evolve.train.lr",),
+    "target-size-mb": ("evolve.target_size_mb",),
+    "target-macs-reduction": ("evolve.target_macs_reduction",),
+    "round-to": ("evolve.round_to",),
+    "population": ("evolve.population",),
+    "seed": ("ancestor.seed", "evolve.seed"),
+    "threads": ("ancestor.threads", "evolve.train.threads", "bench.threads"),
+    "device": ("ancestor.device", "evolve.train.device"),
+    "cache-dir": ("ancestor.cache_dir", "evolve.train.cache_dir"),
+}
+# Set by the run itself: the offspring inherit the ancestor's data and recipe,
+# and the benchmark runs at the training resolution.
+RUN_SKIP = tuple(f"evolve.train.{k}" for k in INHERITED) + ("evolve.data", "bench.image_size")
+
+
+def _ancestor(rd: RunDir, cfg: RunConfig, say: Callable[[str], None], progress: bool) -> None:
+    a = cfg.ancestor
+    say(f"[1/5] training the ancestor: {a.model}, {a.epochs} epochs at {a.image_size}px on train minus "
+        f"{a.holdout or 0:.0%} held out")
+    t0 = time.perf_counter()
+    m = run_training(a, rd.path("ancestor"), resume=True, progress=progress)
+    rd.finish("ancestor", {"heldout_top1": m["heldout_top1"], "test_top1": m["test_top1"],
+                           "wall_s": time.perf_counter() - t0})
+    say(f"      ancestor held-out top-1 {m['heldout_top1']:.4f}, test top-1 {m['test_top1']:.4f}")
+
+
+def _evolve(rd: RunDir, cfg: RunConfig, say: Callable[[str], None], progress: bool) -> Lineage:
+    e = cfg.evolve
+    macs_goal = f" and {e.target_macs_reduction:g}x fewer MACs" if e.target_macs_reduction else ""
+    say(f"[2/5] evolving {e.generations} generations towards {e.target_size_mb} MB{macs_goal}")
+    t0 = time.perf_counter()
+
+    def on_gen(r: GenerationRecord) -> None:
+        say(f"      generation {r.generation:>2}: {r.size_mb:.3f} MB, {r.macs / 1e6:.1f}M MACs, "
+            f"held-out top-1 {r.heldout_top1:.4f}")
+
+    lineage = evolve(rd.path("ancestor/model"), rd.path("evolve"), e, progress=progress, on_generation=on_gen)
+    rd.finish("evolve", {"generations": len(lineage.generations) - 1,
+                         "final_size_mb": lineage.generations[-1].size_mb, "wall_s": time.perf_counter() - t0})
+    return lineage
+
+
+def _bench(rd: RunDir, cfg: RunConfig, lineage: Lineage, say: Callable[[str], None], progress: bool) -> None:
+    b = dataclasses.replace(cfg.bench, image_size=cfg.ancestor.image_size)
+    say(f"[3/5] benchmarking {len(lineage.generations)} networks at {b.image_size}px (batch {b.batch} and 1; "
+        f"{', '.join(b.backends)}; {b.rounds} interleaved round{'s' if b.rounds > 1 else ''})")
+    if not rd.done("bench"):
+        bench_target(rd.path("evolve"), b, progress=progress)
+    rd.finish("bench", {"path": "evolve/bench.json"})
+
+
+def _export(rd: RunDir, cfg: RunConfig, lineage: Lineage, say: Callable[[str], None]) -> None:
+    say(f"[5/5] exporting the ancestor and the SquishedNets chosen by {SELECTED_BY} top-1 to ONNX")
+    chosen = choose_squishednets(lineage.generations)
+    exports = []
+    for i, e in enumerate([lineage.generations[0]] + chosen):
+        name = "ancestor" if i == 0 else f"squishednet-{i}"
+        ck = load_checkpoint(rd.path("evolve") / e.path)
+        info = export_onnx(ck.model, rd.path("export") / f"{name}.onnx", cfg.ancestor.image_size)
+        exports.append({"name": name, "generation": e.generation, "size_mb": e.size_mb,
+                        "heldout_top1": e.heldout_top1, "test_top1": e.test_top1, "selected_by": SELECTED_BY,
+                        **info, "path": rd.rel(info["path"])})
+    atomic_write_json(rd.path("export/export.json"), exports)
+    rd.finish("export", {"files": [x["path"] for x in exports]})
 
 
 def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print, progress: bool = True,
-            ) -> dict[str, Any]:
-    from .bench import BenchConfig, bench_target
-    from .evolve import EvolveConfig, evolve
-    from .export import export_onnx
-    from .checkpoint import load_checkpoint
-    from .report import choose_squishednets, write_report
-    from .train import TrainConfig, run_training
-
-    from .data import check_dataset
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; choose a folder for the run")
-    # Bad data fails here, before run.json pins the configuration.
-    check_dataset(cfg.data)
-    state_path = out / "run.json"
-    resolved = asdict(cfg)
-    state: dict[str, Any] = {"config": resolved, "stages": {}}
-    if state_path.exists():
-        old = json.loads(state_path.read_text())
-        # Options added in later versions count, in older runs, as the value
-        # that reproduces them (LEGACY) or else as their defaults.
-        old_cfg = {**asdict(RunConfig()), **LEGACY, **old["config"]}
-        diff = sorted(k for k in resolved if k not in ("threads", "device") and old_cfg.get(k) != resolved[k])
-        if diff:
-            raise ConfigError(f"{out} was started with other settings ({', '.join(diff)}); "
-                              "run again with the same options to resume, or choose a new --out")
-        state["stages"] = old.get("stages", {})
-    elif out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not a 'squishednets run' folder; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(state_path, state)
-
-    def done(stage: str, info: dict[str, Any]) -> None:
-        state["stages"][stage] = {**info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_json(state_path, state)
-
+            ) -> RunDir:
+    """Run (or resume) every stage of the main job in ``out``."""
+    # Bad data fails here, before the run folder pins the configuration.
+    check_dataset(cfg.ancestor.data)
+    rd = RunDir.open(out, cfg, "run")
     t0 = time.perf_counter()
-    say(f"[1/5] training the ancestor: SqueezeNet v1.1, {cfg.ancestor_epochs} epochs at {cfg.image_size}px")
-    tcfg = TrainConfig(data=cfg.data, image_size=cfg.image_size, epochs=cfg.ancestor_epochs, lr=cfg.lr, seed=cfg.seed,
-                       threads=cfg.threads, device=cfg.device)
-    m = run_training(tcfg, out / "ancestor", resume=True, progress=progress)
-    done("ancestor", {"top1": m["top1"], "wall_s": time.perf_counter() - t0})
-    say(f"      ancestor val top-1 {m['top1']:.4f}")
-
-    t1 = time.perf_counter()
-    macs_goal = f" and {cfg.target_macs_reduction:g}x fewer MACs" if cfg.target_macs_reduction else ""
-    say(f"[2/5] evolving {cfg.generations} generations towards {cfg.target_size_mb} MB{macs_goal}")
-    ecfg = EvolveConfig(generations=cfg.generations, population=cfg.population, target_size_mb=cfg.target_size_mb,
-                        target_macs_reduction=cfg.target_macs_reduction, round_to=cfg.round_to,
-                        epochs=cfg.epochs_per_generation, lr=cfg.generation_lr, seed=cfg.seed, threads=cfg.threads,
-                        device=cfg.device)
-
-    def on_gen(e: dict[str, Any]) -> None:
-        say(f"      generation {e['generation']:>2}: {e['size_mb']:.3f} MB, {e['macs'] / 1e6:.1f}M MACs, "
-            f"val top-1 {e['top1']:.4f}")
-
-    lineage = evolve(out / "ancestor" / "model", out / "evolve", ecfg, progress=progress, on_generation=on_gen)
-    done("evolve", {"generations": len(lineage) - 1, "final_size_mb": lineage[-1]["size_mb"],
-                    "wall_s": time.perf_counter() - t1})
-
-    say(f"[3/5] benchmarking {len(lineage)} networks at {cfg.image_size}px (batch 32 and 1; eager, channels_last, "
-        f"ONNX Runtime; {cfg.bench_rounds} interleaved round{'s' if cfg.bench_rounds > 1 else ''})")
-    bench_path = out / "evolve" / "bench.json"
-    fresh = bench_path.exists() and len(json.loads(bench_path.read_text())["models"]) == len(lineage)
-    if not fresh:
-        bench_target(out / "evolve", BenchConfig(image_size=cfg.image_size, runs=cfg.bench_runs,
-                                                 min_time=cfg.bench_min_time, threads=cfg.threads,
-                                                 rounds=cfg.bench_rounds), progress=progress)
-    done("bench", {"path": str(bench_path)})
-
+    _ancestor(rd, cfg, say, progress)
+    lineage = _evolve(rd, cfg, say, progress)
+    _bench(rd, cfg, lineage, say, progress)
     say("[4/5] writing the report")
-    paths = write_report(out / "evolve", out / "report")
-    done("report", {k: str(v) for k, v in paths.items()})
-
-    say("[5/5] exporting the ancestor and the chosen SquishedNets to ONNX")
-    chosen = choose_squishednets(lineage)
-    exports = []
-    for i, e in enumerate([lineage[0]] + chosen):
-        name = "ancestor" if i == 0 else f"squishednet-{i}"
-        ck = load_checkpoint(out / "evolve" / e["path"])
-        info = export_onnx(ck.model, out / "export" / f"{name}.onnx", cfg.image_size)
-        exports.append({"name": name, "generation": e["generation"], "size_mb": e["size_mb"], "top1": e["top1"],
-                        **info})
-    atomic_write_json(out / "export" / "export.json", exports)
-    done("export", {"files": [x["path"] for x in exports]})
+    paths = write_report(rd.path("evolve"), rd.path("report"))
+    rd.finish("report", {k: rd.rel(v) for k, v in paths.items()})
+    _export(rd, cfg, lineage, say)
     say(f"done in {(time.perf_counter() - t0) / 60:.1f} min this session: report {paths['html']}, "
-        f"table {paths['markdown']}, models in {out / 'export'}")
-    return state
-
+        f"table {paths['markdown']}, models in {rd.path('export')}")
+    return rd

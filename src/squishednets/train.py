@@ -10,17 +10,21 @@ learning rate is a pure function of the step, and the state saved after each
 epoch (weights, optimizer moments, history) is written atomically. An
 interrupted run resumed with ``resume=True`` therefore ends with the same
 weights as an uninterrupted one.
+
+The ``train`` command fits on the training folder minus a stratified,
+seeded held-out part (``holdout``), reports held-out top-1 (for choices) and
+test top-1 (``test/`` or else ``val/``, reported only).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,74 +32,95 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
-from .checkpoint import load_weights_into, save_checkpoint
-from .errors import ConfigError, CheckpointError
-from .io import atomic_dir, atomic_write_json, recover_dir
-from .data import augment_batch, normalize_batch
+from .checkpoint import Checkpoint, load_weights_into, resolve_genome, save_checkpoint
+from .config import from_dict, option, to_dict
+from .data import Splits, augment_batch, load_split, load_splits, normalize_batch, test_split_name
+from .errors import CheckpointError, ConfigError, DataError
+from .io import atomic_dir, recover_dir
+from .model import build
+from .rundir import CONFIG_VERSION, RunDir
+from .seeds import epoch_seeds
 
-__all__ = ["TrainConfig", "fit", "evaluate", "lr_at", "pick_device", "set_threads", "param_groups",
-           "run_training", "DEFAULT_DATA"]
+__all__ = ["TrainConfig", "Resumable", "fit", "evaluate", "lr_at", "pick_device", "set_threads", "param_groups",
+           "run_training", "train_config_of", "checkpoint_config", "accuracy_metrics", "evaluate_checkpoint",
+           "DEFAULT_DATA"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA = "../shared/datasets/imagenette"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run (written to ``config.json``)."""
+    """Everything that decides a training run (written to the run folder and the checkpoint)."""
 
-    data: str = DEFAULT_DATA
-    model: str = "squeezenet1_1"  # a registered name or a genome JSON file
-    batchnorm: bool = True
-    image_size: int = 64
-    epochs: int = 60
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.0  # 0: the optimizer's default (0.1 for SGD, 2e-3 for AdamW)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 2.0
-    min_lr_ratio: float = 0.0
-    label_smoothing: float = 0.1
-    min_scale: float = 0.5  # random-resized-crop smallest area (see BENCHMARKS.md)
-    threads: int = 0  # 0: every core
-    seed: int = 0
-    channels_last: bool = True
-    device: str = "auto"  # auto | cpu | cuda
-    eval_every: int = 5
-    cache_dir: str = ""
-    strict: bool = False
+    data: str = option(DEFAULT_DATA, help="class-per-folder data set with train/ and val/ (or test/)")
+    model: str = option("squeezenet1_1", help="registered genome name or genome JSON file")
+    batchnorm: bool = option(True, help="BatchNorm after each convolution (export folds it away)")
+    image_size: int = option(64, help="training resolution in px")
+    epochs: int = option(60, help="training epochs")
+    batch_size: int = option(128, help="images per step")
+    optimizer: str = option("sgd", help="sgd (Nesterov) or adamw", choices=("sgd", "adamw"))
+    lr: float | None = option(None, help="peak learning rate; off: 0.1 for SGD, 2e-3 for AdamW")
+    momentum: float = option(0.9, help="SGD momentum")
+    nesterov: bool = option(True, help="Nesterov momentum")
+    weight_decay: float = option(5e-4, help="weight decay (never on BatchNorm or biases)")
+    warmup_epochs: float = option(2.0, help="linear warm-up epochs")
+    min_lr_ratio: float = option(0.0, help="final learning rate as a share of the peak")
+    label_smoothing: float = option(0.1, help="label smoothing")
+    # 0.5 won the crop probe (benchmarks/results/probe_*.json, BENCHMARKS.md).
+    min_scale: float = option(0.5, help="random-resized-crop smallest area")
+    holdout: float | None = option(0.1, help="share of each class held out of train for choices (off: none)")
+    split_seed: int = option(0, help="seed of the held-out split")
+    seed: int = option(0, help="seed: the same seed gives the same run")
+    channels_last: bool = option(True, help="channels_last memory format")
+    threads: int | None = option(None, help="CPU threads (off: every core)", resume=False)
+    device: str = option("auto", help="auto, cpu or cuda", resume=False, choices=("auto", "cpu", "cuda"))
+    eval_every: int | None = option(5, help="evaluate every N epochs (off: only at the end)", resume=False)
+    cache_dir: str | None = option(None, help="decoded-image cache (off: ~/.cache/squishednets)", resume=False)
+    strict: bool = option(False, help="fail on unreadable images instead of skipping", resume=False)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got '{self.optimizer}'")
-        for name in ("image_size", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ConfigError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs} and {self.batch_size}")
         if self.image_size < 16:
             raise ConfigError(f"image_size {self.image_size} is too small for SqueezeNet; use 16 or more")
-        if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
-            raise ConfigError("lr and weight_decay must be >= 0 and label_smoothing in [0, 1)")
+        if (self.lr is not None and self.lr <= 0) or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError("lr must be > 0 (or off), weight_decay >= 0 and label_smoothing in [0, 1)")
         if not 0 < self.min_scale <= 1:
             raise ConfigError(f"min_scale must be in (0, 1], got {self.min_scale}")
+        if self.holdout is not None and not 0 < self.holdout < 1:
+            raise ConfigError(f"holdout must be in (0, 1) or off, got {self.holdout}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got '{self.device}'")
+        for name in ("threads", "eval_every"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be >= 1 or off, got {v}")
 
     @property
     def base_lr(self) -> float:
-        if self.lr > 0:
+        if self.lr is not None:
             return self.lr
         return 0.1 if self.optimizer == "sgd" else 2e-3
 
-    def schedule_dict(self) -> dict[str, Any]:
-        """The fields that decide the numbers (a resume must match them)."""
-        d = asdict(self)
-        for k in ("threads", "device", "eval_every", "cache_dir", "strict", "data"):
-            d.pop(k)
-        return d
+
+def checkpoint_config(cfg: TrainConfig, classes: list[str]) -> dict[str, Any]:
+    """What a checkpoint's ``config.json`` holds: the training configuration and the class names."""
+    return {"config_version": CONFIG_VERSION, "train": to_dict(cfg), "classes": classes}
+
+
+def train_config_of(ck: Checkpoint) -> tuple[TrainConfig, list[str]]:
+    """The training configuration and classes a checkpoint records."""
+    c = ck.config
+    if c.get("config_version") != CONFIG_VERSION or "train" not in c:
+        raise CheckpointError(f"{ck.path} was written by another version of squishednets (config version "
+                              f"{c.get('config_version')}, this one reads {CONFIG_VERSION}); retrain it with this one")
+    return from_dict(TrainConfig, c["train"], f"{ck.path}/config.json"), list(c["classes"])
 
 
 def pick_device(name: str) -> torch.device:
@@ -106,8 +131,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def set_threads(n: int) -> int:
-    if n > 0:
+def set_threads(n: int | None) -> int:
+    """Use ``n`` CPU threads (``None``: torch's default, every core)."""
+    if n is not None:
         torch.set_num_threads(n)
     return torch.get_num_threads()
 
@@ -206,211 +232,259 @@ def _load_state(state_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -
     return meta
 
 
-def _fingerprint(d: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+def _fingerprint(cfg: TrainConfig, n: int, extra: dict[str, Any]) -> str:
+    """What a resumed ``fit`` must match: every option that decides the numbers
+    (``resume=True`` in its declaration) except where the data lives, the
+    number of training images, and the caller's ``extra`` (e.g. the genome)."""
+    keep = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("resume", True)} - {"data"}
+    d = {k: v for k, v in to_dict(cfg).items() if k in keep}
+    return hashlib.sha256(json.dumps({**d, "n": n, **extra}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """Where ``fit`` keeps its per-epoch state, and what else a resume must match."""
+
+    state_dir: Path
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class _Progress:
+    """The state ``fit`` carries between epochs (and saves for a resume)."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    train_time: float = 0.0
+    images_seen: int = 0
+
+
+def _restore(res: Resumable, model: nn.Module, opt: torch.optim.Optimizer, fp: str, desc: str) -> _Progress:
+    recover_dir(res.state_dir)
+    if not (res.state_dir / "state.json").exists():
+        return _Progress()
+    meta = _load_state(res.state_dir, model, opt)
+    if meta.get("fingerprint") != fp:
+        raise CheckpointError(f"{res.state_dir} was saved by a run with other settings; resume with the same "
+                              "options or use a new run folder")
+    log.info("%s: resuming after epoch %d", desc, meta["epoch"])
+    return _Progress(meta["epoch"], meta["history"], meta["train_time"], meta["train_images_seen"])
+
+
+@dataclass
+class _Step:
+    """Fixed per-run quantities of the optimisation loop."""
+
+    opt: torch.optim.Optimizer
+    crit: nn.Module
+    steps: int
+    total: int
+    warmup: int
+    masks: list[tuple[torch.Tensor, torch.Tensor]] | None
+    bar: Any
+
+
+def _train_epoch(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, epoch: int,
+                 st: _Step) -> dict[str, Any]:
+    """One epoch; everything random comes from (seed, epoch), so the same
+    numbers are drawn whether or not the run was interrupted before it."""
+    images, labels = data
+    device = next(model.parameters()).device
+    n = int(labels.numel())
+    torch_seed, gen_seed = epoch_seeds(cfg.seed, epoch)
+    torch.manual_seed(torch_seed)
+    gen = torch.Generator().manual_seed(gen_seed)
+    perm = torch.randperm(n, generator=gen)
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    lr = 0.0
+    for s in range(st.steps):
+        lr = lr_at(epoch * st.steps + s, st.total, st.warmup, cfg.base_lr, cfg.min_lr_ratio)
+        for group in st.opt.param_groups:
+            group["lr"] = lr
+        idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        yb = labels[idx].to(device, non_blocking=True)
+        x = augment_batch(images[idx].to(device, non_blocking=True), gen, cfg.min_scale)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        loss = st.crit(logits, yb)
+        st.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        st.opt.step()
+        if st.masks is not None:
+            with torch.no_grad():
+                for p, m in st.masks:
+                    p.mul_(m)
+        loss_sum += loss.detach()
+        correct += (logits.detach().argmax(1) == yb).sum()
+        seen += len(idx)  # a set smaller than one batch gives one short batch
+        if st.bar is not None:
+            st.bar.update(len(idx))
+            if s % 10 == 0:
+                st.bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss.item():.3f}", lr=f"{lr:.3g}",
+                                   refresh=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "loss": loss_sum.item() / st.steps, "train_acc": correct.item() / seen, "lr": lr,
+            "epoch_s": dt, "img_s": seen / dt, "images": seen}
 
 
 def fit(
     model: nn.Module,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
+    train: tuple[torch.Tensor, torch.Tensor],
     cfg: TrainConfig,
-    state_dir: str | Path | None = None,
+    *,
+    resume: Resumable | None = None,
     eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
-    progress: bool = True,
-    desc: str = "train",
-    fingerprint_extra: dict[str, Any] | None = None,
+    desc: str | None = "train",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place for ``cfg.epochs`` epochs and return the history.
+    """Train ``model`` in place for ``cfg.epochs`` epochs on ``train`` (uint8
+    images, labels) and return the history.
 
-    With ``state_dir``, the state after each epoch is saved there and a
+    With ``resume``, the state after each epoch is saved in its folder and a
     later call resumes from it. ``masks`` (parameter name -> bool tensor)
-    keeps pruned synapses at zero throughout.
+    keeps pruned synapses at zero throughout. ``desc`` labels the progress
+    bar (``None``: no bar).
     """
     device = pick_device(cfg.device)
     set_threads(cfg.threads)
-    num_classes = int(model.genome.num_classes)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = _make_optimizer(model, cfg)
-    n = int(train_labels.numel())
+    n = int(train[1].numel())
     if n < 1:
         raise ConfigError("the training set is empty")
-    # Drop the last partial batch: its noisy BN statistics help nobody.
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    fp = _fingerprint({**cfg.schedule_dict(), "n": n, **(fingerprint_extra or {})})
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    train_time = 0.0
-    train_images_seen = 0
-    if state_dir is not None:
-        state_dir = Path(state_dir)
-        recover_dir(state_dir)
-        if (state_dir / "state.json").exists():
-            meta = _load_state(state_dir, model, opt)
-            if meta.get("fingerprint") != fp:
-                raise CheckpointError(
-                    f"{state_dir} was saved by a run with other settings; resume with the same options or use a new run folder"
-                )
-            start_epoch = meta["epoch"]
-            history = meta["history"]
-            train_time = meta.get("train_time", 0.0)
-            train_images_seen = meta.get("train_images_seen", 0)
-            log.info("%s: resuming after epoch %d", desc, start_epoch)
-    param_masks = None
-    if masks:
-        named = dict(model.named_parameters())
-        param_masks = [(named[k], m.to(device, dtype=named[k].dtype)) for k, m in masks.items()]
-        with torch.no_grad():
-            for p, m in param_masks:
-                p.mul_(m)
+    # Drop the last partial batch (its noisy BN statistics help nobody),
+    # unless the whole set is smaller than one batch.
+    steps = max(1, n // cfg.batch_size)
+    fp = _fingerprint(cfg, n, resume.extra if resume else {})
+    prog = _restore(resume, model, opt, fp, desc or "train") if resume else _Progress()
+    param_masks = _apply_masks(model, masks, device)
     bar = None
-    if progress and start_epoch < cfg.epochs:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total * cfg.batch_size, initial=start_epoch * steps_per_epoch * cfg.batch_size,
-                   unit="img", unit_scale=True, desc=desc, mininterval=1.0, dynamic_ncols=True, leave=False)
-    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if desc is not None and prog.epoch < cfg.epochs:
+        per_epoch = min(n, steps * cfg.batch_size)
+        bar = tqdm(total=cfg.epochs * per_epoch, initial=prog.epoch * per_epoch, unit="img", unit_scale=True,
+                   desc=desc, mininterval=1.0, dynamic_ncols=True, leave=False)
+    st = _Step(opt, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), steps, steps * cfg.epochs,
+               int(round(cfg.warmup_epochs * steps)), param_masks, bar)
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        # Everything random in this epoch comes from (seed, epoch): the same
-        # numbers whether or not the run was interrupted before it.
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=gen)
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        for s in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + s
-            lr = lr_at(step, total, warmup, cfg.base_lr, cfg.min_lr_ratio)
-            for gparam in opt.param_groups:
-                gparam["lr"] = lr
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            xb = train_images[idx].to(device, non_blocking=True)
-            yb = train_labels[idx].to(device, non_blocking=True)
-            x = augment_batch(xb, gen, cfg.min_scale)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x)
-            loss = crit(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if param_masks is not None:
-                with torch.no_grad():
-                    for p, m in param_masks:
-                        p.mul_(m)
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == yb).sum()
-            if bar is not None:
-                bar.update(len(idx))
-                if s % 10 == 0:
-                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss.item():.3f}", lr=f"{lr:.3g}",
-                                    refresh=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        train_time += dt
-        train_images_seen += steps_per_epoch * cfg.batch_size
-        rec: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": loss_sum.item() / steps_per_epoch,
-            "train_acc": correct.item() / (steps_per_epoch * cfg.batch_size),
-            "lr": lr,
-            "epoch_s": dt,
-            "img_s": steps_per_epoch * cfg.batch_size / dt,
-        }
-        last = epoch + 1 == cfg.epochs
-        if eval_sets and (last or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
+    for epoch in range(prog.epoch, cfg.epochs):
+        rec = _train_epoch(model, train, cfg, epoch, st)
+        prog.train_time += rec["epoch_s"]
+        prog.images_seen += rec.pop("images")
+        if eval_sets and (epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
             for name, (xi, yi) in eval_sets.items():
-                r = evaluate(model, xi, yi, num_classes, channels_last=cfg.channels_last)
-                rec[f"{name}_top1"] = r["top1"]
-                rec[f"{name}_loss"] = r["loss"]
-        history.append(rec)
-        log.info("%s epoch %d/%d %s", desc, epoch + 1, cfg.epochs,
+                r = evaluate(model, xi, yi, int(model.genome.num_classes), channels_last=cfg.channels_last)
+                rec[f"{name}_top1"], rec[f"{name}_loss"] = r["top1"], r["loss"]
+        prog.history.append(rec)
+        prog.epoch = epoch + 1
+        log.info("%s epoch %d/%d %s", desc or "train", epoch + 1, cfg.epochs,
                  " ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
         if bar is not None:
             bar.set_postfix({"epoch": f"{epoch + 1}/{cfg.epochs}", "loss": f"{rec['loss']:.3f}",
                              **{k: f"{v:.3f}" for k, v in rec.items() if k.endswith("_top1")}})
-        if state_dir is not None:
-            _save_state(state_dir, model, opt, {"epoch": epoch + 1, "history": history, "fingerprint": fp,
-                                                "train_time": train_time, "train_images_seen": train_images_seen})
+        if resume is not None:
+            _save_state(resume.state_dir, model, opt, {"epoch": prog.epoch, "history": prog.history,
+                                                       "fingerprint": fp, "train_time": prog.train_time,
+                                                       "train_images_seen": prog.images_seen})
         if on_epoch is not None:
             on_epoch(rec)
     if bar is not None:
         bar.close()
     model.eval()
-    return {"history": history, "train_time_s": train_time,
-            "train_img_s": train_images_seen / train_time if train_time > 0 else None}
+    return {"history": prog.history, "train_time_s": prog.train_time,
+            "train_img_s": prog.images_seen / prog.train_time if prog.train_time > 0 else None}
 
 
-def run_training(
-    cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
-) -> dict[str, Any]:
+def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor] | None,
+                 device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    if not masks:
+        return None
+    named = dict(model.named_parameters())
+    out = [(named[k], m.to(device, dtype=named[k].dtype)) for k, m in masks.items()]
+    with torch.no_grad():
+        for p, m in out:
+            p.mul_(m)
+    return out
+
+
+def _log_to(out: Path) -> logging.Handler:
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("squishednets")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
+def accuracy_metrics(model: nn.Module, splits: Splits, channels_last: bool = True) -> dict[str, Any]:
+    """Held-out top-1 (for choices) and test top-1/top-5 (reported only) of a trained model."""
+    n = int(model.genome.num_classes)
+    held = evaluate(model, splits.heldout.images, splits.heldout.labels, n, channels_last=channels_last)
+    test = evaluate(model, splits.test.images, splits.test.labels, n, channels_last=channels_last)
+    return {"heldout_top1": held["top1"] if held["n"] else None, "test_top1": test["top1"],
+            "test_top5": test["top5"], "test": test, "test_split": splits.test_name,
+            "heldout_images": held["n"], "test_images": test["n"]}
+
+
+def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """The ``train`` command: data, genome, ``fit``, evaluation, checkpoint.
 
     ``out/state/`` holds the resumable state, ``out/model/`` the finished
     checkpoint, ``out/train.log`` the log.
     """
-    from .data import load_dataset
-    from .genome import Genome, get_genome, list_genomes, load_genome_file
-    from .model import build
-
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; choose a folder for the run")
-    if out.exists() and any(out.iterdir()) and not resume:
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not resume:
         raise ConfigError(f"run folder {out} already exists; pass --resume to continue it or choose a new --out")
-    if (out / "model" / "metrics.json").exists() and resume:
+    if resume and (out / "model" / "metrics.json").exists():
+        RunDir.open(out, cfg, "train")  # still refuses other settings
         return json.loads((out / "model" / "metrics.json").read_text())
     # Data and genome are checked before the run folder exists, so that bad
     # input leaves nothing behind that would block the corrected command.
-    train, val = load_dataset(cfg.data, cfg.image_size, cfg.cache_dir or None, cfg.strict, progress=progress)
-    genome: Genome
-    if cfg.model in list_genomes():
-        genome = get_genome(cfg.model, num_classes=len(train.classes), batchnorm=cfg.batchnorm)
-    elif cfg.model.endswith(".json") or os.path.sep in cfg.model:
-        genome = load_genome_file(cfg.model).with_classes(len(train.classes))
-    else:
-        raise ConfigError(f"unknown model '{cfg.model}'; use one of {list_genomes()} or a genome JSON file")
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("squishednets").addHandler(handler)
-    logging.getLogger("squishednets").setLevel(logging.INFO)
+    splits = load_splits(cfg.data, cfg.image_size, cfg.holdout, cfg.split_seed, cfg.cache_dir, cfg.strict,
+                         progress=progress)
+    genome = resolve_genome(cfg.model, num_classes=len(splits.classes), batchnorm=cfg.batchnorm)
+    RunDir.open(out, cfg, "train")
+    handler = _log_to(out)
     try:
         torch.manual_seed(cfg.seed)
         model = build(genome)
-        cfg_dict = {**asdict(cfg), "classes": train.classes}
-        atomic_write_json(out / "config.json", cfg_dict)
         t0 = time.perf_counter()
-        result = fit(model, train.images, train.labels, cfg, state_dir=out / "state",
-                     eval_sets={"val": (val.images, val.labels)}, progress=progress,
-                     fingerprint_extra={"genome": genome.to_dict()})
-        ev = evaluate(model, val.images, val.labels, genome.num_classes, channels_last=cfg.channels_last)
-        metrics = {
-            "val": ev,
-            "top1": ev["top1"],
-            "top5": ev["top5"],
-            "classes": train.classes,
-            "image_size": cfg.image_size,
-            "epochs": cfg.epochs,
-            "history": result["history"],
-            "train_img_s": result["train_img_s"],
-            "train_time_s": result["train_time_s"],
-            "wall_s_this_session": time.perf_counter() - t0,
-            "train_images": len(train),
-            "val_images": len(val),
-            "skipped_files": train.skipped + val.skipped,
-        }
-        save_checkpoint(out / "model", model.cpu(), metrics, cfg_dict)
+        evals = {"test": (splits.test.images, splits.test.labels)}
+        if len(splits.heldout):
+            evals = {"heldout": (splits.heldout.images, splits.heldout.labels), **evals}
+        result = fit(model, (splits.train.images, splits.train.labels), cfg,
+                     resume=Resumable(out / "state", {"genome": genome.to_dict()}), eval_sets=evals,
+                     desc="train" if progress else None)
+        metrics = {**accuracy_metrics(model, splits, cfg.channels_last), "classes": splits.classes,
+                   "history": result["history"], "train_img_s": result["train_img_s"],
+                   "train_time_s": result["train_time_s"], "wall_s_this_session": time.perf_counter() - t0,
+                   "train_images": len(splits.train), "skipped_files": splits.train.skipped + splits.test.skipped}
+        save_checkpoint(out / "model", model.cpu(), metrics, checkpoint_config(cfg, splits.classes))
         return metrics
     finally:
         logging.getLogger("squishednets").removeHandler(handler)
         handler.close()
+
+
+def evaluate_checkpoint(ck: Checkpoint, data: str | None = None, split: str | None = None,
+                        image_size: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """Top-1, top-5, per-class accuracy and confusion of a checkpoint on one
+    split of its data (default: the test split, ``test/`` or else ``val/``)."""
+    tcfg, classes = train_config_of(ck)
+    root = data or tcfg.data
+    size = image_size or tcfg.image_size
+    name = split or test_split_name(root)
+    s = load_split(root, name, size, cache_dir)
+    if classes != s.classes:
+        raise DataError(f"the data's classes {s.classes[:3]}... differ from the checkpoint's {classes[:3]}...; "
+                        "evaluate on data with the same class folders")
+    r = evaluate(ck.model, s.images, s.labels, ck.genome.num_classes)
+    return {**r, "classes": s.classes, "image_size": size, "split": name}
