@@ -14,6 +14,7 @@ import torch
 
 from squishednets.bench import (CPU_FLAGS, BenchConfig, _apply_ceiling, bench_model, bench_target, clock_mhz,
                                 gemm_ceiling, machine_info, merge_rounds, theoretical_peak_gflops)
+from squishednets.errors import ConfigError
 from squishednets.genome import get_genome
 from squishednets.model import build
 
@@ -38,6 +39,15 @@ def _bn_model(classes=4, seed=0):
 
 def _efficiencies(r):
     return [r[f"{p}_efficiency"] for p in ("eager", "cl", "ort") if f"{p}_efficiency" in r]
+
+
+@pytest.mark.parametrize("bad, words", [(dict(rounds=0), "rounds must be >= 1, got 0"),
+                                        (dict(threads=0), "threads must be >= 1 or off"),
+                                        (dict(backends=("tvm",)), "backends must be some of eager"),
+                                        (dict(gemm_sizes=()), "gemm_sizes must be positive")])
+def test_bench_config_is_checked(bad, words):
+    with pytest.raises(ConfigError, match=words):
+        BenchConfig(**bad)
 
 
 def test_machine_info_has_cpu_flags():

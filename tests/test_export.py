@@ -20,10 +20,11 @@ from squishednets.export import INT8_MODES, check_onnx, export_checkpoint, expor
 from squishednets.genome import get_genome
 from squishednets.model import build
 from squishednets.ort import CPU_FLAGS
+from squishednets.train import TrainConfig, checkpoint_config
 
 INT8_KEYS = {"int8_path", "int8_bytes", "int8_mode", "int8_config", "cpu_flags", "calibration_images", "test_split",
              "test_images", "fp32_test_top1", "int8_test_top1", "fp32_b32_img_s", "int8_b32_img_s", "int8_speedup",
-             "speed_threads", "int8_warning", "fp32_val_top1", "int8_val_top1", "val_images"}
+             "speed_threads", "int8_warning"}
 
 
 def _bn_model(classes=4, seed=0):
@@ -44,8 +45,8 @@ def _hidden(folder):
 def ck(tmp_path, tiny_data):
     """A checkpoint that records its data (tiny_data: 3 classes, 3 val images each) and size."""
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path / "ck", build(get_genome("squeezenet1_1", 3)).eval(), {"top1": 0.5},
-                           {"data": str(tiny_data), "image_size": 40})
+    cfg = checkpoint_config(TrainConfig(data=str(tiny_data), image_size=40), ["a", "b", "c"])
+    return save_checkpoint(tmp_path / "ck", build(get_genome("squeezenet1_1", 3)).eval(), {"top1": 0.5}, cfg)
 
 
 def test_export_parity_two_batch_sizes(tmp_path):
@@ -81,7 +82,7 @@ def test_parity_tolerance_follows_the_logit_scale():
     with pytest.raises(ExportError, match=r"max \|diff\| 20 > 10"):
         ex._compare(big, big + 20, "x", 1e-3)
     small = rng.normal(0, 0.1, (5, 10)).astype(np.float32)
-    assert ex._compare(small, small + 5e-4, "x", 1e-3) == pytest.approx(5e-4)  # the floor is 1e-3 absolute
+    assert ex._compare(small, small + 5e-4, "x", 1e-3) == pytest.approx(5e-4, rel=1e-3)  # floor: 1e-3 absolute
     with pytest.raises(ExportError, match="differs"):
         ex._compare(small, small + 5e-3, "x", 1e-3)
 
@@ -123,6 +124,7 @@ def test_export_checkpoint_checks_on_its_val_images(tmp_path, ck):
 
 
 def test_export_checkpoint_without_its_data_checks_on_noise(tmp_path, tiny_data):
+    """An older checkpoint (flat config) whose data folder has moved away."""
     c = save_checkpoint(tmp_path / "ck", build(get_genome("squeezenet1_1", 3)).eval(), {},
                         {"data": str(tmp_path / "moved"), "image_size": 40})
     info = export_checkpoint(c, tmp_path / "m.onnx")
@@ -152,8 +154,8 @@ def test_int8_modes(tmp_path, ck, mode):
         assert all(x.dtype == np.int8 for x in w)
         # 7-bit weights keep u8 x s8 pair sums inside 16 bits on CPUs without VNNI
         assert (max(int(np.abs(x.astype(np.int32)).max()) for x in w) <= 64) == reduce_range
-    assert info["test_split"] == "val" and info["test_images"] == info["val_images"] == 9
-    assert info["fp32_test_top1"] == info["fp32_val_top1"] and info["int8_test_top1"] == info["int8_val_top1"]
+    assert info["test_split"] == "val" and info["test_images"] == 9  # tiny_data has no test/: val is the test split
+    assert 0 <= info["fp32_test_top1"] <= 1 and 0 <= info["int8_test_top1"] <= 1
     assert info["int8_speedup"] == pytest.approx(info["int8_b32_img_s"] / info["fp32_b32_img_s"])
     assert info["fp32_b32_img_s"] > 0 and info["int8_b32_img_s"] > 0
     assert (info["int8_warning"] is not None) == (info["fp32_test_top1"] - info["int8_test_top1"] > 0.01)

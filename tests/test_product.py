@@ -1,81 +1,18 @@
-"""Export parity, the bench JSON schema, a small real lineage benchmarked and
-exported, and the whole `run` job on tiny data (the report's own tests are in
-test_report.py)."""
+"""A small real lineage benchmarked and exported, and the whole `run` job on
+tiny data (the unit tests of bench, export and the report are in
+test_bench.py, test_export.py and test_report.py)."""
 
 import json
 import shutil
 
-import numpy as np
 import pytest
-import torch
+from test_bench import BENCH_KEYS
 
-from squishednets.bench import BenchConfig, bench_model, bench_target
+from squishednets.bench import BenchConfig, bench_target
 from squishednets.cli import main
-from squishednets.errors import ExportError
 from squishednets.evolve import EvolveConfig, evolve
-from squishednets.export import check_onnx, export_checkpoint, export_onnx
-from squishednets.genome import get_genome
-from squishednets.model import build
+from squishednets.export import export_checkpoint
 from squishednets.train import TrainConfig, run_training
-
-BENCH_KEYS = {"params", "size_mb", "macs", "peak_activation_bytes", "params_plus_activations_kb", "fits_budget",
-              "eager_b32_img_s", "cl_b32_img_s", "ort_b32_img_s", "eager_b1_ms", "cl_b1_ms", "ort_b1_ms",
-              "ort_efficiency", "matmul_gflops", "threads", "machine_busy", "onnx_bytes", "image_size"}
-
-
-def _bn_model(classes=4, seed=0):
-    torch.manual_seed(seed)
-    m = build(get_genome("squeezenet1_1", classes, batchnorm=True))
-    m.train()
-    with torch.no_grad():
-        for _ in range(2):
-            m(torch.randn(8, 3, 48, 48))
-    return m.eval()
-
-
-def test_export_parity_two_batch_sizes(tmp_path):
-    m = _bn_model()
-    info = export_onnx(m, tmp_path / "m.onnx", 48)
-    assert info["max_abs_diff"] < 1e-4 and info["bytes"] > 1000
-    import onnx
-
-    g = onnx.load(str(tmp_path / "m.onnx")).graph
-    assert not any(n.op_type == "BatchNormalization" for n in g.node)  # folded away
-    assert g.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(str(tmp_path / "m.onnx"))
-    for b in (1, 7):
-        x = torch.randn(b, 3, 48, 48)
-        np.testing.assert_allclose(s.run(None, {"input": x.numpy()})[0], m(x).detach().numpy(), rtol=1e-3, atol=1e-5)
-
-
-def test_failed_parity_check_is_an_error(tmp_path):
-    m = _bn_model()
-    export_onnx(m, tmp_path / "m.onnx", 48, check=False)
-    other = _bn_model(seed=1)
-    with pytest.raises(ExportError, match="differs from PyTorch"):
-        check_onnx(other, tmp_path / "m.onnx", 48)
-
-
-def test_bench_schema(tmp_path):
-    r = bench_model(_bn_model(), BenchConfig(image_size=48, runs=3, warmup=1, threads=1, min_time=0.0))
-    assert BENCH_KEYS <= set(r)
-    assert r["ort_b32_img_s"] > 0 and r["eager_b1_ms"] > 0 and 0 < r["ort_efficiency"] < 5
-    assert r["fits_budget"] == (r["params_plus_activations_kb"] <= 8192)
-    assert isinstance(r["machine_busy"], bool)
-
-
-def test_merge_rounds_takes_medians_of_timings_only():
-    from squishednets.bench import merge_rounds
-
-    rounds = [{"params": 10, "size_mb": 0.5, "ort_b32_img_s": v, "ort_b1_ms": 1.0 / v, "ort_efficiency": v / 100,
-               "other_cpu_cores": c, "machine_busy": c > 0.2} for v, c in ((100.0, 0.0), (300.0, 0.5), (200.0, 0.1))]
-    m = merge_rounds(rounds)
-    assert m["ort_b32_img_s"] == 200.0 and m["ort_b32_img_s_rounds"] == [100.0, 300.0, 200.0]
-    assert m["ort_b1_ms"] == pytest.approx(1 / 200) and m["ort_efficiency"] == 2.0
-    assert m["params"] == 10 and m["size_mb"] == 0.5 and m["rounds"] == 3
-    assert m["machine_busy"] is True and m["other_cpu_cores"] == 0.5  # busy in any round: busy
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +39,13 @@ def real_lineage(tmp_path_factory):
 
 def test_bench_a_whole_lineage(real_lineage):
     r = bench_target(real_lineage / "ev", BenchConfig(image_size=40, runs=2, warmup=1, threads=1, min_time=0.0,
-                                                      rounds=3))
+                                                      rounds=3, gemm_sizes=(128, 256)))
     assert len(r["models"]) == 5 and [m["generation"] for m in r["models"]] == [0, 1, 2, 3, 4]
     assert all(BENCH_KEYS <= set(m) for m in r["models"])
     for m in r["models"]:  # three interleaved rounds, each figure their median
         assert r["rounds"] == m["rounds"] == 3 and len(m["ort_b32_img_s_rounds"]) == 3
         assert m["ort_b32_img_s"] == sorted(m["ort_b32_img_s_rounds"])[1]
+        assert m["ceiling_gflops"] == r["ceiling_gflops"] and 0 < m["ort_efficiency"] <= 1  # one ceiling per run
     assert (real_lineage / "ev" / "bench.json").exists()
     assert r["models"][-1]["size_mb"] < r["models"][0]["size_mb"]
 
@@ -115,19 +53,20 @@ def test_bench_a_whole_lineage(real_lineage):
 def test_export_command_with_int8(real_lineage, tmp_path, capsys):
     ck = real_lineage / "ev" / "gen_04" / "model"
     info = export_checkpoint(ck, tmp_path / "m.onnx", int8=True, calib_images=32)
-    assert info["int8_bytes"] < info["bytes"]
-    assert 0 <= info["int8_val_top1"] <= 1 and 0 <= info["fp32_val_top1"] <= 1 and info["val_images"] == 18
+    assert info["int8_bytes"] < info["bytes"] and info["int8_mode"] == "reduce_range"
+    assert 0 <= info["int8_test_top1"] <= 1 and 0 <= info["fp32_test_top1"] <= 1 and info["test_images"] == 18
+    assert info["real_images"] == 18 and 0 <= info["real_top1_agreement"] <= 1  # the lineage's own val photos
     code = main(["export", str(ck), "--out", str(tmp_path / "x.txt")])
     assert code == 2 and "must end in .onnx" in capsys.readouterr().err
 
 
 def test_cli_bench_and_report(real_lineage, tmp_path, capsys):
     assert main(["bench", "squeezenet1_1", "--image-size", "48", "--runs", "2", "--min-time", "0", "--threads", "1",
-                 "--json"]) == 0
+                 "--gemm-sizes", "128,256", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["models"][0]["params"] == 727_626
+    assert d["models"][0]["params"] == 727_626 and d["gemm_sizes"] == [128, 256]
     assert main(["bench", "squeezenet1_1", "--rounds", "0"]) == 2
-    assert "--rounds must be >= 1" in capsys.readouterr().err
+    assert "rounds must be >= 1" in capsys.readouterr().err
     assert main(["report", str(real_lineage / "ev"), "--out", str(tmp_path / "r")]) == 0
     assert "Table 1" in capsys.readouterr().out
     assert main(["report", str(tmp_path)]) == 2

@@ -28,8 +28,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .config import option
+from .errors import ConfigError, SquishedError
 from .metrics import ALEXNET_MB, SQUEEZENET11_MB, profile
-from .ort import CPU_FLAGS, cpu_flags
+from .ort import CPU_FLAGS, cpu_flags, session
 
 __all__ = ["machine_info", "CPU_FLAGS", "cpu_flags", "clock_mhz", "theoretical_peak_gflops", "CpuMonitor", "time_fn",
            "GEMM_SIZES", "GemmCeiling", "gemm_ceiling", "matmul_gflops", "BenchConfig", "bench_model", "merge_rounds",
@@ -248,23 +250,44 @@ def _apply_ceiling(results: list[dict[str, Any]], gemm_gflops: float, peak_gflop
     return info
 
 
-@dataclass
+_BACKENDS = ("eager", "channels_last", "ort")
+
+
+@dataclass(frozen=True)
 class BenchConfig:
-    image_size: int = 224
-    batch: int = 32
-    runs: int = 20  # at least this many timed calls per figure...
-    warmup: int = 3
-    min_time: float = 1.0  # ...and at least this many seconds, so fast models get enough samples
-    threads: int = 0
-    budget_kb: int = 8192
-    backends: tuple[str, ...] = ("eager", "channels_last", "ort")
+    """How networks are timed; every result records these settings."""
+
+    image_size: int = option(224, help="input size in px")
+    batch: int = option(32, help="batch of the images/s figure (the paper's Table 1 uses 32)")
+    runs: int = option(20, help="timed calls per figure, at least")
+    warmup: int = option(3, help="untimed calls before timing")
+    # Fast models finish ``runs`` calls in milliseconds, too few to be stable.
+    min_time: float = option(1.0, help="seconds of timing per figure, at least")
+    threads: int | None = option(None, help="CPU threads (off: every core)", resume=False)
+    budget_kb: int = option(8192, help="on-chip budget for parameters + activations in KB (playbook 4.4)")
+    backends: tuple[str, ...] = option(_BACKENDS, help="comma-separated: eager, channels_last, ort")
     # Several models are timed in this many interleaved rounds (every model
     # once per round) and each figure is the median over rounds: the host's
     # speed drifts by tens of percent over minutes, and interleaving spreads a
     # slow minute over all models instead of landing on one.
-    rounds: int = 1
-    gemm_sizes: tuple[int, ...] = GEMM_SIZES  # smaller in tests, for speed
-    gemm_repeats: int = 3
+    rounds: int = option(1, help="interleaved timing rounds; each figure is the median over rounds")
+    gemm_sizes: tuple[int, ...] = option(GEMM_SIZES, help="square fp32 GEMM sizes of the efficiency ceiling",
+                                         resume=False)
+    gemm_repeats: int = option(3, help="timed calls per GEMM size (the fastest counts)", resume=False)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "batch", "runs", "rounds", "gemm_repeats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.min_time < 0:
+            raise ConfigError(f"warmup and min_time must be >= 0, got {self.warmup} and {self.min_time}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 or off, got {self.threads}")
+        unknown = sorted(set(self.backends) - set(_BACKENDS))
+        if unknown or not self.backends:
+            raise ConfigError(f"backends must be some of {', '.join(_BACKENDS)}, got {', '.join(self.backends) or 'none'}")
+        if not self.gemm_sizes or min(self.gemm_sizes) < 1:
+            raise ConfigError(f"gemm_sizes must be positive sizes, got {list(self.gemm_sizes)}")
 
 
 def bench_model(model: torch.nn.Module, cfg: BenchConfig, onnx_path: str | Path | None = None,
@@ -274,7 +297,6 @@ def bench_model(model: torch.nn.Module, cfg: BenchConfig, onnx_path: str | Path 
     when several models share one; by default it is measured here."""
     from .export import export_onnx
     from .model import fold_batchnorm
-    from .ort import session
 
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -371,7 +393,6 @@ def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_js
     import json
 
     from .checkpoint import load_checkpoint
-    from .errors import SquishedError
     from .genome import get_genome, list_genomes
     from .io import atomic_write_json
     from .model import build
@@ -395,7 +416,7 @@ def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_js
         raise SquishedError(f"'{target}' is neither a registered genome, a checkpoint nor an evolve run folder")
     gemm = gemm_ceiling(cfg.gemm_sizes, cfg.gemm_repeats, threads)
     flags, mhz = cpu_flags(), clock_mhz()
-    rounds = max(1, cfg.rounds)
+    rounds = cfg.rounds
     per_model: list[list[dict[str, Any]]] = [[] for _ in items]
     jobs = [(r, i) for r in range(rounds) for i in range(len(items))]  # round by round: interleaved
     it: Any = jobs

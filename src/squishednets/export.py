@@ -4,7 +4,7 @@ The exported graph is the BN-free network of ``model.fold_batchnorm`` (the
 parameters the paper's size counts). Each export is run in ONNX Runtime
 (``ort.session``, the benchmark's session) and compared with PyTorch on
 noise at two batch sizes, as torchvision's ``test_onnx.py`` does, and on up
-to 64 real val images when the data set is at hand. Parity means
+to 64 real test images when the data set is at hand. Parity means
 max |diff| <= 1e-3 x max(1, max |logit|): relative to the logit scale, so it
 holds on CPUs whose kernels sum in different orders. A failed check, or
 outputs that are all zero or the same for every image, is an error and
@@ -12,7 +12,7 @@ leaves no file behind; files are written atomically (``io``).
 
 ``--int8`` adds static quantization calibrated on real training images. Its
 default mode (7-bit weights, ``reduce_range``) holds on x86 CPUs without
-VNNI, where full-range u8 x s8 products saturate; its val top-1 and its
+VNNI, where full-range u8 x s8 products saturate; its test top-1 and its
 speed are measured beside fp32's, never assumed.
 """
 
@@ -207,9 +207,20 @@ def _speed(path: Path, image_size: int, batch: int, threads: int) -> float:
 
 
 def _subset(n: int, k: int) -> torch.Tensor:
-    # A seeded random subset: val folders are sorted by class, so the first
+    # A seeded random subset: splits are read class by class, so the first
     # k images would often be a single class.
     return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k]
+
+
+def _trained_with(ck: Any) -> dict[str, Any]:
+    """The data and input size a checkpoint was trained with."""
+    if "config_version" in ck.config:
+        from .train import train_config_of
+
+        tcfg, _ = train_config_of(ck)
+        return {"data": tcfg.data, "image_size": tcfg.image_size}
+    # Checkpoints from before the versioned configuration kept both at the top level.
+    return {"data": ck.config.get("data"), "image_size": ck.config.get("image_size") or ck.metrics.get("image_size")}
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = False, data: str | None = None,
@@ -218,15 +229,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
                       ) -> dict[str, Any]:
     """The ``export`` command: ONNX (and int8) files plus a JSON summary.
 
-    The parity check uses up to ``check_images`` val images of ``data`` (or
-    of the data the checkpoint was trained on, when that folder is still
-    there). With ``int8``, fp32 and int8 val top-1 and images/s at batch 32
-    are measured in ONNX Runtime with ``threads`` threads (0: all cores)."""
+    The parity check uses up to ``check_images`` images of the test split
+    (``test/`` or else ``val/``) of ``data``, or of the data the checkpoint
+    was trained on while that folder is still there. With ``int8``, fp32
+    and int8 test top-1 and images/s at batch 32 are measured in ONNX
+    Runtime with ``threads`` threads (0: every core)."""
     from .checkpoint import load_checkpoint
-    from .data import load_dataset, load_split
+    from .data import load_dataset, load_split, test_split_name
 
     ck = load_checkpoint(checkpoint)
-    size = image_size or ck.config.get("image_size") or ck.metrics.get("image_size")
+    trained = _trained_with(ck)
+    size = image_size or trained["image_size"]
     if not size:
         raise ConfigError(f"{ck.path} does not record its input size; pass --image-size")
     size = int(size)
@@ -235,32 +248,32 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         raise ConfigError(f"--out {out} must end in .onnx")
     if int8:
         _int8_mode(int8_mode)  # a bad mode fails before any work
-    d = data or ck.config.get("data")
-    train = val = None
+    d = data or trained["data"]
+    train = test = None
     if int8:
         if not d:
             raise ConfigError("int8 calibration needs real images: pass --data")
-        train, val = load_dataset(d, size, cache_dir)
+        train, test = load_dataset(d, size, cache_dir)
     elif d and (data or Path(d).is_dir()):
         try:
-            val = load_split(d, "val", size, cache_dir)
+            test = load_split(d, test_split_name(d), size, cache_dir)
         except DataError as e:
             if data:
                 raise
             # The checkpoint's own data changed since training: the noise
             # check still guards the export, so this is no reason to stop.
             log.warning("parity on real images skipped (%s); checking on noise only", e)
-    check = None if val is None else val.images[_subset(len(val), check_images)]
+    check = None if test is None else test.images[_subset(len(test), check_images)]
     info = export_onnx(ck.model, out, size, images_u8=check)
     info["image_size"] = size
-    info["real_data"] = None if check is None else f"{d} (val)"
+    info["real_data"] = None if check is None else f"{d} ({test_split_name(d)})"
     if not int8:
         return info
     threads = threads or os.cpu_count() or 1
     idx = _subset(len(train), calib_images)
     q = quantize_int8(out, out.with_name(out.stem + ".int8.onnx"), train.images[idx], mode=int8_mode)
     act, weight, reduce_range = INT8_MODES[int8_mode]
-    fp32_top1, int8_top1 = ort_top1(out, val.images, val.labels), ort_top1(q, val.images, val.labels)
+    fp32_top1, int8_top1 = ort_top1(out, test.images, test.labels), ort_top1(q, test.images, test.labels)
     fp32_speed, int8_speed = _speed(out, size, 32, threads), _speed(q, size, 32, threads)
     info.update({
         "int8_path": str(q),
@@ -269,11 +282,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         "int8_config": {"format": "QDQ", "activation_type": act, "weight_type": weight,
                         "reduce_range": reduce_range, "per_channel": True},
         "cpu_flags": cpu_flags(),
+        # Calibration draws on the whole training folder; the reported
+        # figures are the test split's, which chooses nothing.
         "calibration_images": int(len(idx)),
-        # The test figures are on val: held-out images are the training
-        # set's, and selection during synthesis already used them.
-        "test_split": "val",
-        "test_images": len(val),
+        "test_split": test_split_name(d),
+        "test_images": len(test),
         "fp32_test_top1": fp32_top1,
         "int8_test_top1": int8_top1,
         "speed_batch": 32,
@@ -282,14 +295,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         "int8_b32_img_s": int8_speed,
         "int8_speedup": int8_speed / fp32_speed,
         "int8_warning": None,
-        # The names the export command printed before the test_ ones.
-        "fp32_val_top1": fp32_top1,
-        "int8_val_top1": int8_top1,
-        "val_images": len(val),
     })
     if fp32_top1 - int8_top1 > INT8_DROP_WARN:
-        msg = (f"int8 ({int8_mode}) val top-1 {int8_top1:.4f} is {100 * (fp32_top1 - int8_top1):.1f} points below "
-               f"fp32 {fp32_top1:.4f}; try another int8 mode (u8u8) or ship the fp32 model")
+        msg = (f"int8 ({int8_mode}) test top-1 {int8_top1:.4f} is {100 * (fp32_top1 - int8_top1):.1f} points below "
+               f"fp32 {fp32_top1:.4f}; try another --int8-mode (u8u8) or ship the fp32 model")
         log.warning(msg)
         info["int8_warning"] = msg
     return info

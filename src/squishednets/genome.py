@@ -7,17 +7,28 @@ whether BatchNorm follows each convolution. ``model.build`` turns it into an
 ``nn.Module``; synthesis (SquishedNets paper, section 3) produces smaller
 genomes from bigger ones.
 
+``Genome.units`` lists the genome's convolutions (conv1, each Fire's
+squeeze / expand1x1 / expand3x3, conv10) with their channels, kernels and,
+for an image size, their pixels: the one source of layer names (display
+names such as ``fire2.squeeze``, and the module paths of ``model.build``'s
+network such as ``fires.0.squeeze``) for the cost model in ``metrics``,
+synthesis and the report.
+
 Also here: the registry of named genomes (SqueezeNet v1.0 and v1.1 as
 published, torchvision's layout), the few-class modification of section 2 of
-the SquishedNets paper (conv10 becomes N 1x1 filters), and SqueezeNet's
+the SquishedNets paper (conv10 becomes N 1x1 filters), SqueezeNet's
 metaparameter generator (base_e, incr_e, pct3x3, freq, SR; section 5 of the
-SqueezeNet paper and section 5.3-5.4 of the small-DNN playbook).
+SqueezeNet paper and section 5.3-5.4 of the small-DNN playbook) and the two
+width-rounding rules (``make_divisible`` for designed widths, ``round_width``
+for the widths synthesis gives offspring).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +40,12 @@ __all__ = [
     "StemSpec",
     "FireSpec",
     "Genome",
+    "Unit",
+    "FIRE_ROLES",
+    "conv_out",
+    "pool_out",
     "make_divisible",
+    "round_width",
     "register",
     "get_genome",
     "list_genomes",
@@ -42,11 +58,17 @@ FORMAT_VERSION = 1
 
 
 def make_divisible(value: float, divisor: int = 1, min_value: int | None = None) -> int:
-    """Round a channel count to a multiple of ``divisor`` (timm's helper).
+    """Round a designed channel count to a multiple of ``divisor`` (timm's
+    rule): to nearest, ties up, at least ``min_value`` (``divisor`` by
+    default), and never more than 10% below ``value``.
 
-    Every channel count that the code invents goes through here, so that
-    "multiples of 8" is one switch. Rounds to nearest but never drops more
-    than 10% below ``value``.
+    The width multiplier, the metaparameter generator and ``round_widths``
+    use it. Synthesis uses ``round_width`` instead: a survivor count is not a
+    design, and there rounding down by up to half a divisor (ties to even) is
+    what keeps offspring on their size target. The two rules differ at ties
+    and where the 10% limit bites (104 -> 112 here, 96 there with divisor
+    16), so neither can call the other without changing widths; both keep
+    "multiples of ``divisor``" the one switch.
     """
     if divisor <= 1:
         return max(int(min_value or 1), int(round(value)))
@@ -55,6 +77,38 @@ def make_divisible(value: float, divisor: int = 1, min_value: int | None = None)
     if new < 0.9 * value:
         new += divisor
     return int(new)
+
+
+def round_width(n: int, divisor: int = 1, min_width: int = 1, max_width: int | None = None) -> int:
+    """The width synthesis gives a layer in which ``n`` filters survived.
+
+    At least ``min_width`` (or ``max_width``, if smaller); with ``divisor`` >
+    1 the nearest multiple of it, ties to the even multiple (Python's
+    ``round``), but never below the smallest multiple >= ``min_width``;
+    finally within [1, ``max_width``], the parent's width. Unlike
+    ``make_divisible`` it may round down a whole half divisor (a thin layer
+    with 9 survivors keeps 8 of them at divisor 8).
+    """
+    target = max(n, min_width if max_width is None else min(min_width, max_width))
+    if divisor > 1:
+        floor_mult = -(-max(1, min_width) // divisor) * divisor
+        target = max(floor_mult, int(round(target / divisor)) * divisor)
+    if max_width is not None:
+        target = min(max_width, target)
+    return max(1, target)
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output pixels (per side) of a convolution."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_out(size: int, kernel: int = 3, stride: int = 2) -> int:
+    """PyTorch's max-pool output size with ceil_mode=True and no padding."""
+    out = math.ceil((size - kernel) / stride) + 1
+    if (out - 1) * stride >= size:
+        out -= 1
+    return out
 
 
 def _check_int(where: str, name: str, value: Any, minimum: int) -> None:
@@ -100,6 +154,45 @@ class FireSpec:
     @property
     def out_channels(self) -> int:
         return self.expand1x1 + self.expand3x3
+
+
+FIRE_ROLES = ("squeeze", "expand1x1", "expand3x3")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One convolution of a genome (see ``Genome.units``).
+
+    ``name`` is the display name: ``conv1``, ``fire2.squeeze``,
+    ``fire2.expand1x1``, ``fire2.expand3x3``, ..., ``conv10``, the Fire
+    modules numbered fire2..fire9 as in the SqueezeNet paper. ``module`` is
+    the unit's path in ``model.build``'s network (``conv1``,
+    ``fires.0.squeeze``, ``conv10``): it prefixes the unit's state-dict
+    entries and keys synthesis's per-unit dicts. ``stage`` counts like
+    ``Genome.pool_after``: 0 for conv1, i for the i-th Fire module, one past
+    the last Fire for conv10. ``inputs`` are the modules whose outputs,
+    concatenated in this order, the unit reads (none for conv1: the image).
+    ``in_hw`` and ``out_hw`` are pixels per side, ``None`` without an image
+    size.
+    """
+
+    name: str
+    module: str
+    kind: str  # "conv" (conv1), "squeeze", "expand1x1", "expand3x3" or "classifier" (conv10)
+    stage: int
+    cin: int
+    cout: int
+    kernel: int
+    stride: int
+    padding: int
+    inputs: tuple[str, ...]
+    in_hw: int | None = None
+    out_hw: int | None = None
+
+    @property
+    def removable(self) -> bool:
+        """Whether synthesis may remove filters (conv10's filters are the classes)."""
+        return self.kind != "classifier"
 
 
 @dataclass(frozen=True)
@@ -163,11 +256,58 @@ class Genome:
         return self.fires[-1].out_channels
 
     def widths(self) -> list[int]:
-        """Every removable width in order: conv1, then (squeeze, e1, e3) per Fire."""
+        """Every removable width in order: conv1, then (squeeze, e1, e3) per
+        Fire, 0 for an empty expand branch (the lineage's format)."""
         out = [self.stem.filters]
         for f in self.fires:
             out += [f.squeeze, f.expand1x1, f.expand3x3]
         return out
+
+    def units(self, image_size: int | None = None) -> tuple[Unit, ...]:
+        """Every convolution in network order: conv1, each Fire's squeeze,
+        expand1x1 and expand3x3 (an empty expand branch has no unit), conv10.
+
+        With ``image_size`` each unit also carries its input and output
+        pixels (3x3/2 max-pools, ceil mode, after the ``pool_after``
+        positions); an image too small for a layer is a ValueError naming it.
+        """
+        if image_size is not None and image_size < 1:
+            raise ValueError("image_size must be >= 1")
+        hw = image_size
+        units: list[Unit] = []
+
+        def add(name: str, module: str, kind: str, stage: int, cin: int, cout: int, kernel: int, stride: int,
+                inputs: tuple[str, ...], padding: int = 0) -> None:
+            out_hw = None if hw is None else conv_out(hw, kernel, stride, padding)
+            if out_hw is not None and out_hw < 1:
+                raise ValueError(f"input {image_size}px is too small: {name} would have no output pixels")
+            units.append(Unit(name, module, kind, stage, cin, cout, kernel, stride, padding, inputs, hw, out_hw))
+
+        def after(stage: int) -> None:
+            nonlocal hw
+            hw = units[-1].out_hw
+            if hw is not None and stage in self.pool_after:
+                hw = pool_out(hw)
+                if hw < 1:
+                    raise ValueError(f"input {image_size}px is too small for the pooling after position {stage}")
+
+        st = self.stem
+        add("conv1", "conv1", "conv", 0, self.in_channels, st.filters, st.kernel, st.stride, (), st.padding)
+        after(0)
+        prev: tuple[str, ...] = ("conv1",)
+        for i, f in enumerate(self.fires):
+            tag, path = f"fire{i + 2}", f"fires.{i}"
+            add(f"{tag}.squeeze", f"{path}.squeeze", "squeeze", i + 1, self.fire_in_channels(i), f.squeeze, 1, 1,
+                prev)
+            prev = ()  # the Fire's output: its expands, concatenated
+            for role, width, kernel in (("expand1x1", f.expand1x1, 1), ("expand3x3", f.expand3x3, 3)):
+                if width:  # 3x3 pads by 1, so both expands keep the squeeze's pixels
+                    add(f"{tag}.{role}", f"{path}.{role}", role, i + 1, f.squeeze, width, kernel, 1,
+                        (f"{path}.squeeze",), kernel // 2)
+                    prev += (f"{path}.{role}",)
+            after(i + 1)
+        add("conv10", "conv10", "classifier", len(self.fires) + 1, self.final_channels, self.num_classes, 1, 1, prev)
+        return tuple(units)
 
     # -- edits ----------------------------------------------------------------
     def with_widths(self, widths: list[int]) -> "Genome":
@@ -181,6 +321,20 @@ class Genome:
             stem=dataclasses.replace(self.stem, filters=int(widths[0])),
             fires=tuple(FireSpec(*(int(c) for c in widths[1 + 3 * i: 4 + 3 * i])) for i in range(len(self.fires))),
         )
+
+    def with_unit_widths(self, widths: Mapping[str, int]) -> "Genome":
+        """This genome with the removable units named in ``widths`` (by
+        ``Unit.module``) given those widths; other units keep theirs and an
+        empty expand branch stays empty."""
+        units = {u.module: u for u in self.units() if u.removable}
+        unknown = sorted(set(widths) - set(units))
+        if unknown:
+            raise GenomeError(f"widths: no removable unit {unknown}; the units are {list(units)}")
+        new = self.widths()
+        for module, width in widths.items():
+            u = units[module]
+            new[0 if u.stage == 0 else 3 * u.stage - 2 + FIRE_ROLES.index(u.kind)] = int(width)
+        return self.with_widths(new)
 
     def with_classes(self, num_classes: int) -> "Genome":
         """The few-class modification (SquishedNets paper, section 2): conv10

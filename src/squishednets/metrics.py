@@ -14,33 +14,34 @@ and the input size:
 - ``peak_activation_bytes``: the largest set of fp32 activations that must be
   alive at once at batch 1 (a layer's input and output; inside a Fire module,
   the squeeze output together with the concatenated expand output).
+
+``conv_cost`` is the one cost model: ``profile`` evaluates it at the
+genome's widths, synthesis's solver at fractional (expected) widths.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from .genome import Genome
+from .genome import Genome, Unit
 
-__all__ = ["LayerInfo", "Profile", "profile", "conv_out", "pool_out", "SQUEEZENET11_MB", "ALEXNET_PARAMS", "ALEXNET_MB"]
+__all__ = [
+    "BYTES_FP32",
+    "SQUEEZENET11_MB",
+    "ALEXNET_PARAMS",
+    "ALEXNET_MB",
+    "LayerInfo",
+    "Profile",
+    "profile",
+    "conv_cost",
+]
 
-BYTES_FP32 = 4
+BYTES_FP32 = 4  # bytes per parameter or activation: every size here is fp32
 SQUEEZENET11_MB = 1_235_496 * BYTES_FP32 / 1e6  # 4.94 MB, the paper's reference
 ALEXNET_PARAMS = 61_100_840
 ALEXNET_MB = ALEXNET_PARAMS * BYTES_FP32 / 1e6  # 244.4 MB
-
-
-def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def pool_out(size: int, kernel: int = 3, stride: int = 2) -> int:
-    """PyTorch's max-pool output size with ceil_mode=True and no padding."""
-    out = math.ceil((size - kernel) / stride) + 1
-    if (out - 1) * stride >= size:
-        out -= 1
-    return out
 
 
 @dataclass(frozen=True)
@@ -87,64 +88,81 @@ class Profile:
         }
 
 
+def _weights(unit: Unit, cin: float, cout: float) -> float:
+    """Weights of ``unit`` with ``cin`` inputs and ``cout`` filters: its
+    parameters are these plus ``cout`` biases, its MACs these times its
+    output pixels."""
+    area = unit.kernel * unit.kernel
+    # With fractional widths the order of the products decides the last bit,
+    # and the solver's F(E) with it; this is the order it has always used
+    # (conv1: channels first; elsewhere the fan-in k*k*cin first), so that
+    # runs reproduce. With whole widths every order gives the same count.
+    return cin * cout * area if not unit.inputs else area * cin * cout
+
+
+def conv_cost(units: Sequence[Unit], widths: Mapping[str, float] | None = None) -> tuple[float, float]:
+    """(parameters, MACs) of the convolutions ``units`` (``Genome.units``)
+    with the removable units' widths replaced by ``widths`` (by
+    ``Unit.module``; fractional expected widths allowed). A unit's inputs are
+    the widths of the units feeding it. Parameters count weights and biases
+    (BatchNorm folded); MACs need the units' pixels (``Genome.units`` with an
+    image size) and are 0 without them.
+
+    Sums run stage by stage (conv1, each Fire, conv10), weights then biases
+    unit by unit, and a stage's MACs are its weights times its output pixels:
+    the solver's order (see ``_weights``). Whole widths give whole numbers.
+    """
+    widths = widths or {}
+    out: dict[str, float] = {}  # output width of each unit seen so far
+    params = macs = 0
+    for _, stage in itertools.groupby(units, key=lambda u: u.stage):
+        stage_params = stage_weights = 0
+        for u in stage:
+            cout = widths.get(u.module, u.cout) if u.removable else u.cout
+            cin = sum(out[m] for m in u.inputs) if u.inputs else u.cin
+            w = _weights(u, cin, cout)
+            stage_params = stage_params + w + cout
+            stage_weights += w
+            out[u.module] = cout
+        params += stage_params
+        if u.out_hw is not None:
+            macs += stage_weights * (u.out_hw * u.out_hw)
+    return params, macs
+
+
+def _layer(u: Unit) -> LayerInfo:
+    w = _weights(u, u.cin, u.cout)
+    return LayerInfo(u.name, u.kind, u.cin, u.cout, u.kernel, u.stride, u.out_hw, w + u.cout, w * u.out_hw * u.out_hw,
+                     _act(u.cout, u.out_hw))
+
+
+def _act(channels: int, hw: int) -> int:
+    return channels * hw * hw * BYTES_FP32
+
+
 def profile(genome: Genome, image_size: int) -> Profile:
     """Per-layer parameters, MACs and activations of ``genome`` at ``image_size``."""
-    if image_size < 1:
-        raise ValueError("image_size must be >= 1")
+    units = genome.units(image_size)
+    stages = [list(s) for _, s in itertools.groupby(units, key=lambda u: u.stage)]
     layers: list[LayerInfo] = []
-    bn_params = 0
     peak = 0
-    hw = image_size
-
-    def conv(name: str, cin: int, cout: int, k: int, s: int, p: int, hw_in: int, kind: str = "conv") -> LayerInfo:
-        nonlocal bn_params
-        hw_o = conv_out(hw_in, k, s, p)
-        if hw_o < 1:
-            raise ValueError(f"input {image_size}px is too small: {name} would have no output pixels")
-        info = LayerInfo(name, kind, cin, cout, k, s, hw_o, cin * cout * k * k + cout, hw_o * hw_o * cout * cin * k * k,
-                         hw_o * hw_o * cout * BYTES_FP32)
-        if genome.batchnorm and name != "conv10":
-            bn_params += 2 * cout  # gamma, beta (running stats are buffers)
-        layers.append(info)
-        return info
-
-    def act(c: int, h: int) -> int:
-        return c * h * h * BYTES_FP32
-
-    x_bytes = act(genome.in_channels, hw)
-    c1 = conv("conv1", genome.in_channels, genome.stem.filters, genome.stem.kernel, genome.stem.stride,
-              genome.stem.padding, hw)
-    peak = max(peak, x_bytes + c1.activation_bytes)
-    hw, ch = c1.out_hw, genome.stem.filters
-
-    def maybe_pool(pos: int) -> None:
-        nonlocal hw, peak
-        if pos in genome.pool_after:
-            hw_o = pool_out(hw)
-            if hw_o < 1:
-                raise ValueError(f"input {image_size}px is too small for the pooling after position {pos}")
-            layers.append(LayerInfo(f"pool{pos}", "maxpool", ch, ch, 3, 2, hw_o, 0, 0, act(ch, hw_o)))
-            peak = max(peak, act(ch, hw) + act(ch, hw_o))
-            hw = hw_o
-
-    maybe_pool(0)
-    for i, f in enumerate(genome.fires):
-        tag = f"fire{i + 2}"
-        sq = conv(f"{tag}.squeeze", ch, f.squeeze, 1, 1, 0, hw, "squeeze")
-        peak = max(peak, act(ch, hw) + sq.activation_bytes)
-        if f.expand1x1:
-            conv(f"{tag}.expand1x1", f.squeeze, f.expand1x1, 1, 1, 0, hw, "expand1x1")
-        if f.expand3x3:
-            conv(f"{tag}.expand3x3", f.squeeze, f.expand3x3, 3, 1, 1, hw, "expand3x3")
-        ch = f.out_channels
-        peak = max(peak, sq.activation_bytes + act(ch, hw))
-        maybe_pool(i + 1)
-    c10 = conv("conv10", ch, genome.num_classes, 1, 1, 0, hw, "classifier")
-    peak = max(peak, act(ch, hw) + c10.activation_bytes)
-    params = sum(layer.params for layer in layers)
-    macs = sum(layer.macs for layer in layers)
-    # With BN the convolutions train without bias; folding adds it back, so
-    # the shipped count equals the bias-ful count computed above.
-    train_params = params + bn_params - (sum(layer.cout for layer in layers if layer.kind != "maxpool" and
-                                              layer.name != "conv10") if genome.batchnorm else 0)
+    for i, stage in enumerate(stages):
+        first, hw = stage[0], stage[0].out_hw
+        layers += [_layer(u) for u in stage]
+        x = _act(first.cin, first.in_hw)
+        if first.kind == "squeeze":  # the squeeze output lives until both expands have read it
+            ch = sum(u.cout for u in stage[1:])
+            sq = _act(first.cout, hw)
+            peak = max(peak, x + sq, sq + _act(ch, hw))
+        else:
+            ch = first.cout
+            peak = max(peak, x + _act(ch, hw))
+        if first.stage in genome.pool_after:  # a pool's output is what the next stage reads
+            hw_o = stages[i + 1][0].in_hw
+            layers.append(LayerInfo(f"pool{first.stage}", "maxpool", ch, ch, 3, 2, hw_o, 0, 0, _act(ch, hw_o)))
+            peak = max(peak, _act(ch, hw) + _act(ch, hw_o))
+    params, macs = conv_cost(units)
+    # With BN the convolutions train without bias but with BN's scale and
+    # shift (running statistics are buffers): one more parameter per filter.
+    train_params = params + (sum(u.cout for u in units if u.removable) if genome.batchnorm else 0)
     return Profile(image_size, tuple(layers), params, train_params, macs, peak)
