@@ -74,7 +74,10 @@ def test_predict_bad_image(capsys, tiny_data, tmp_path):
     from squishednets.checkpoint import save_checkpoint
     from squishednets.model import build
 
-    save_checkpoint(tmp_path / "ck", build(get_genome("squeezenet1_1", 3)), {}, {"image_size": 32})
+    from squishednets.train import TrainConfig, checkpoint_config
+
+    save_checkpoint(tmp_path / "ck", build(get_genome("squeezenet1_1", 3)), {},
+                    checkpoint_config(TrainConfig(image_size=32), ["a", "b", "c"]))
     bad = tmp_path / "bad.jpg"
     bad.write_text("hello")
     code, _, e = run(capsys, "predict", tmp_path / "ck", bad)

@@ -89,24 +89,32 @@ def test_parity_tolerance_follows_the_logit_scale():
 
 def test_degenerate_outputs_are_errors():
     ref = np.random.default_rng(0).normal(0, 1, (4, 3)).astype(np.float32)
-    with pytest.raises(ExportError, match="all zero; PyTorch's are not: the export is broken"):
-        ex._compare(ref, np.zeros_like(ref), "m.onnx", 1e-3)
-    with pytest.raises(ExportError, match="the same for every image; PyTorch's are not"):
-        ex._compare(ref, np.tile(ref[:1], (4, 1)), "m.onnx", 1e-3)
+    for real in (True, False):
+        with pytest.raises(ExportError, match="all zero; PyTorch's are not: the export is broken"):
+            ex._compare(ref, np.zeros_like(ref), "m.onnx", 1e-3, real=real)
+        with pytest.raises(ExportError, match="the same for every image; PyTorch's are not"):
+            ex._compare(ref, np.tile(ref[:1], (4, 1)), "m.onnx", 1e-3, real=real)
+    zeros = np.zeros_like(ref)
+    with pytest.raises(ExportError, match="all zero; PyTorch's are too: the network itself is dead"):
+        ex._compare(zeros, zeros, "m.onnx", 1e-3, real=True)
+    # Noise may switch off every class of a healthy ReLU-headed classifier.
+    assert ex._compare(zeros, zeros, "m.onnx", 1e-3, real=False) == 0
     one = ref[:1]
     assert ex._compare(one, one, "m.onnx", 1e-3) == 0  # one image cannot be "the same for every image"
 
 
 @pytest.mark.parametrize("bias, words", [(0.0, "all zero"), (0.5, "the same for every image")])
-def test_dead_network_is_not_exported(tmp_path, bias, words):
+def test_dead_network_is_not_exported(tmp_path, tiny_data, bias, words):
     m = _bn_model(classes=3)
     with torch.no_grad():
         m.conv10.weight.zero_()
         m.conv10.bias.fill_(bias)
+    out = tmp_path / "out" / "m.onnx"
     with pytest.raises(ExportError, match=f"{words}; PyTorch's are too: the network itself is dead") as ei:
-        export_onnx(m, tmp_path / "m.onnx", 48)
-    assert str(tmp_path / "m.onnx") in str(ei.value) and "\n" not in str(ei.value)
-    assert list(tmp_path.iterdir()) == []  # checked before it is written
+        export_onnx(m, out, 40, images_u8=load_split(tiny_data, "val", 40).images)
+    assert f"{out} on 9 real images" in str(ei.value) and "\n" not in str(ei.value)
+    assert not out.exists() and _hidden(out.parent) == []  # checked before it is written
+    assert export_onnx(m, out, 40)["real_images"] == 0  # noise alone cannot tell a dead network
 
 
 def test_parity_on_real_images(tmp_path, tiny_data):

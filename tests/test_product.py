@@ -2,6 +2,7 @@
 tiny data (the unit tests of bench, export and the report are in
 test_bench.py, test_export.py and test_report.py)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -10,7 +11,7 @@ from test_bench import BENCH_KEYS
 
 from squishednets.bench import BenchConfig, bench_target
 from squishednets.cli import main
-from squishednets.evolve import EvolveConfig, evolve
+from squishednets.evolve import GENERATION_TRAIN, EvolveConfig, evolve
 from squishednets.export import export_checkpoint
 from squishednets.train import TrainConfig, run_training
 
@@ -30,10 +31,11 @@ def real_lineage(tmp_path_factory):
             for f in sorted((REAL / split / wnid).iterdir())[:n]:
                 shutil.copy(f, data / split / wnid / f.name)
     cfg = TrainConfig(data=str(data), image_size=40, epochs=3, batch_size=12, threads=2, optimizer="adamw", lr=5e-3,
-                      eval_every=0)
+                      holdout=0.25)
     run_training(cfg, root / "anc", progress=False)
-    evolve(root / "anc", root / "ev", EvolveConfig(generations=4, target_reduction=4.0, epochs=1, batch_size=12,
-                                                   threads=2, round_to=1, holdout=0.25), progress=False)
+    evolve(root / "anc", root / "ev", EvolveConfig(
+        generations=4, target_reduction=4.0, round_to=1,
+        train=dataclasses.replace(GENERATION_TRAIN, epochs=1, batch_size=12, threads=2)), progress=False)
     return root
 
 
@@ -71,57 +73,3 @@ def test_cli_bench_and_report(real_lineage, tmp_path, capsys):
     assert "Table 1" in capsys.readouterr().out
     assert main(["report", str(tmp_path)]) == 2
     assert "no lineage.json" in capsys.readouterr().err
-
-
-def test_run_whole_job_and_resume(tiny_data, tmp_path, capsys):
-    args = ["run", "--data", str(tiny_data), "--out", str(tmp_path / "job"), "--image-size", "32",
-            "--ancestor-epochs", "2", "--generations", "2", "--epochs-per-generation", "1", "--target-size-mb", "1.0",
-            "--threads", "1", "--bench-runs", "2", "--bench-min-time", "0", "--no-progress"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
-        assert stage in out
-    job = tmp_path / "job"
-    assert (job / "report" / "report.html").exists() and (job / "export" / "ancestor.onnx").exists()
-    exports = json.loads((job / "export" / "export.json").read_text())
-    assert exports[0]["name"] == "ancestor" and all(e["max_abs_diff"] < 1e-3 for e in exports)
-    state = json.loads((job / "run.json").read_text())
-    assert set(state["stages"]) == {"ancestor", "evolve", "bench", "report", "export"}
-    mtime = (job / "evolve" / "gen_02" / "model" / "weights.safetensors").stat().st_mtime_ns
-    assert main(args) == 0  # resumes: nothing is trained again
-    assert (job / "evolve" / "gen_02" / "model" / "weights.safetensors").stat().st_mtime_ns == mtime
-    capsys.readouterr()
-    changed = list(args)
-    changed[changed.index("--generations") + 1] = "3"
-    assert main(changed) == 2
-    assert "other settings (generations)" in capsys.readouterr().err
-
-
-def test_run_folder_from_before_the_mac_target(tiny_data, tmp_path, capsys):
-    """A run.json written before --target-macs-reduction and --round-to
-    existed resumes as what it was (size only, widths by 8), not as today's
-    defaults."""
-    from dataclasses import asdict
-
-    from squishednets.pipeline import RunConfig
-
-    job = tmp_path / "job"
-    args = ["run", "--data", str(tiny_data), "--out", str(job), "--image-size", "32", "--ancestor-epochs", "1",
-            "--generations", "1", "--epochs-per-generation", "1", "--target-size-mb", "1.0", "--threads", "1",
-            "--bench-runs", "2", "--bench-min-time", "0", "--no-progress"]
-    old = asdict(RunConfig(data=str(tiny_data), image_size=32, ancestor_epochs=1, generations=1,
-                           epochs_per_generation=1, target_size_mb=1.0, threads=1, bench_runs=2, bench_min_time=0.0))
-    del old["target_macs_reduction"], old["round_to"]
-    job.mkdir()
-    (job / "run.json").write_text(json.dumps({"config": old, "stages": {}}))
-    assert main(args) == 2
-    assert "other settings (round_to, target_macs_reduction)" in capsys.readouterr().err
-    assert main(args + ["--target-macs-reduction", "0", "--round-to", "8"]) == 0
-    evolved = json.loads((job / "evolve" / "config.json").read_text())
-    assert evolved["target_macs_reduction"] == 0 and evolved["round_to"] == 8
-
-
-def test_run_with_bad_data_pins_nothing(tmp_path, tiny_data, capsys):
-    job = tmp_path / "job"
-    assert main(["run", "--data", str(tmp_path / "nope"), "--out", str(job), "--no-progress"]) == 2
-    assert "does not exist" in capsys.readouterr().err and not job.exists()

@@ -389,29 +389,30 @@ def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
 def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_json: str | Path | None = None,
                  progress: bool = False) -> dict[str, Any]:
     """Benchmark a registered genome, a checkpoint or every generation of an
-    evolve run (whose results then also go to ``RUN/bench.json``)."""
-    import json
-
+    evolve run (whose results then also go to ``RUN/bench.json``). Each
+    model carries its held-out and test top-1 where they are known."""
     from .checkpoint import load_checkpoint
     from .genome import get_genome, list_genomes
     from .io import atomic_write_json
     from .model import build
+    from .records import LINEAGE_FILE, Lineage
 
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    items: list[tuple[str, int | None, Any, float | None]] = []
+    # (name, generation, model, accuracy figures)
+    items: list[tuple[str, int | None, Any, dict[str, Any]]] = []
     p = Path(str(target))
-    is_run = (p / "lineage.json").exists()
+    is_run = (p / LINEAGE_FILE).exists()
     if str(target) in list_genomes():
-        items.append((str(target), None, build(get_genome(str(target), num_classes=classes)).eval(), None))
+        items.append((str(target), None, build(get_genome(str(target), num_classes=classes)).eval(), {}))
     elif is_run:
-        for e in json.loads((p / "lineage.json").read_text())["generations"]:
-            ck = load_checkpoint(p / e["path"])
-            items.append((e["name"] if e["generation"] else f"{e['name']} (ancestor)", e["generation"], ck.model,
-                          e.get("top1")))
+        for e in Lineage.load(p).generations:
+            items.append((e.name if e.generation else f"{e.name} (ancestor)", e.generation,
+                          load_checkpoint(p / e.path).model, {"heldout_top1": e.heldout_top1, "test_top1": e.test_top1}))
     elif p.exists():
         ck = load_checkpoint(p)
-        items.append((ck.genome.name, ck.metrics.get("generation"), ck.model, ck.metrics.get("top1")))
+        items.append((ck.genome.name, ck.metrics.get("generation"), ck.model,
+                      {k: ck.metrics.get(k) for k in ("heldout_top1", "test_top1")}))
     else:
         raise SquishedError(f"'{target}' is neither a registered genome, a checkpoint nor an evolve run folder")
     gemm = gemm_ceiling(cfg.gemm_sizes, cfg.gemm_repeats, threads)
@@ -427,8 +428,8 @@ def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_js
                   leave=False)
     for _, i in it:
         per_model[i].append(bench_model(items[i][2], cfg, matmul_rate=gemm))
-    models = [{"name": name, "generation": gen, "top1": top1, **merge_rounds(per_model[i])}
-              for i, (name, gen, _, top1) in enumerate(items)]
+    models = [{"name": name, "generation": gen, **acc, **merge_rounds(per_model[i])}
+              for i, (name, gen, _, acc) in enumerate(items)]
     # One ceiling for the whole run, so that efficiencies compare across models.
     ceiling = _apply_ceiling(models, gemm.gflops, theoretical_peak_gflops(flags, mhz, threads),
                              _observed([r for rs in per_model for r in rs]))

@@ -142,10 +142,7 @@ def resolve_genome(target: str | Path, num_classes: int | None = None, batchnorm
     else:
         p = Path(target)
         if p.is_dir():
-            try:
-                g = Genome.from_json((resolve_checkpoint(p) / GENOME).read_text())
-            except GenomeError as e:
-                raise CheckpointError(f"{p / GENOME}: {e}") from None
+            g = load_checkpoint(p).genome  # loads the weights too: a damaged checkpoint is named here
         elif p.is_file():
             g = load_genome_file(p)
         else:

@@ -3,8 +3,9 @@
 ``build(genome)`` gives a SqueezeNet-family network (SqueezeNet paper,
 section 3; torchvision's layout) whose state-dict names are stable and
 readable (``conv1.conv.weight``, ``fires.3.expand3x3.bn.running_mean``,
-``conv10.weight``), so that synthesis can slice weights by name.
-``fold_batchnorm`` returns the BatchNorm-free network that export ships.
+``conv10.weight``), so that synthesis can slice weights by name: a unit of
+``Genome.units`` lives at ``Unit.module``. ``fold_batchnorm`` returns the
+BatchNorm-free network that export ships.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .genome import Genome
+from .genome import Genome, Unit
 
-__all__ = ["ConvUnit", "Fire", "SqueezeNet", "build", "fold_batchnorm", "conv_units"]
+__all__ = ["ConvUnit", "Fire", "SqueezeNet", "build", "fold_batchnorm", "conv_units", "weight_name"]
 
 
 class ConvUnit(nn.Module):
@@ -98,14 +99,14 @@ def build(genome: Genome) -> SqueezeNet:
 
 
 def conv_units(model: SqueezeNet) -> list[tuple[str, ConvUnit]]:
-    """Every ConvUnit with its state-dict prefix, in network order."""
-    units = [("conv1", model.conv1)]
-    for i, fire in enumerate(model.fires):
-        for branch in ("squeeze", "expand1x1", "expand3x3"):
-            u = getattr(fire, branch)
-            if u is not None:
-                units.append((f"fires.{i}.{branch}", u))
-    return units
+    """Every ConvUnit (the removable units: conv10 is a plain convolution)
+    with its state-dict prefix ``Unit.module``, in network order."""
+    return [(u.module, model.get_submodule(u.module)) for u in model.genome.units() if u.removable]
+
+
+def weight_name(unit: Unit) -> str:
+    """State-dict name of ``unit``'s convolution weight."""
+    return f"{unit.module}.conv.weight" if unit.removable else f"{unit.module}.weight"
 
 
 @torch.no_grad()

@@ -32,15 +32,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+import torch.nn as nn
 
-from .genome import FireSpec, Genome
-from .metrics import profile
-from .model import ConvUnit, SqueezeNet, build, conv_units, fold_batchnorm
+from .genome import Genome, Unit, round_width
+from .metrics import BYTES_FP32, conv_cost
+from .model import ConvUnit, SqueezeNet, build, conv_units, fold_batchnorm, weight_name
 
 __all__ = [
     "synapse_probabilities",
@@ -61,6 +65,7 @@ __all__ = [
     "sparse_bytes",
     "Importance",
     "L1Importance",
+    "SynthesisOptions",
     "synthesize",
     "Offspring",
 ]
@@ -129,19 +134,12 @@ def sample_clusters(p: torch.Tensor, factor: float, generator: torch.Generator) 
 
 
 def round_keep(alive: torch.Tensor, p: torch.Tensor, min_width: int = 1, divisor: int = 1) -> torch.Tensor:
-    """Indices of the surviving filters, at least ``min_width`` of them and,
-    with ``divisor`` > 1, a multiple of it (odd widths run slowly). Filling up
-    takes the most probable dead filters; trimming drops the least probable
-    survivors. Never more than the parent had."""
-    width = p.numel()
+    """Indices of the surviving filters, as many as ``genome.round_width``
+    gives (at least ``min_width``; with ``divisor`` > 1 a multiple of it;
+    never more than the parent had). Filling up takes the most probable dead
+    filters; trimming drops the least probable survivors."""
     n = int(alive.sum())
-    target = max(n, min(min_width, width))
-    if divisor > 1:
-        # Nearest multiple (rounding down is allowed, unlike timm's rule for
-        # designed widths), but never below the minimum width.
-        floor_mult = -(-max(1, min_width) // divisor) * divisor
-        target = max(floor_mult, int(round(target / divisor)) * divisor)
-    target = max(1, min(width, target))
+    target = round_width(n, divisor, min_width, p.numel())
     order_alive = torch.argsort(p.masked_fill(~alive, -1.0), descending=True)
     if target <= n:
         keep = order_alive[:target]
@@ -153,64 +151,65 @@ def round_keep(alive: torch.Tensor, p: torch.Tensor, min_width: int = 1, divisor
 
 
 # -- physical shrinking -----------------------------------------------------------
-def _slice_unit(dst: ConvUnit, src: ConvUnit, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
+def _conv(module: nn.Module) -> nn.Conv2d:
+    return module.conv if isinstance(module, ConvUnit) else module
+
+
+def _slice_unit(dst: nn.Module, src: nn.Module, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
+    """Copy the filters ``out_idx`` of ``src`` (a ConvUnit or conv10), their
+    input channels ``in_idx`` only, into ``dst``; BatchNorm follows its filters."""
     with torch.no_grad():
-        dst.conv.weight.copy_(src.conv.weight[out_idx][:, in_idx])
-        if src.conv.bias is not None:
-            dst.conv.bias.copy_(src.conv.bias[out_idx])
-        if src.bn is not None:
+        d, c = _conv(dst), _conv(src)
+        d.weight.copy_(c.weight[out_idx][:, in_idx])
+        if c.bias is not None:
+            d.bias.copy_(c.bias[out_idx])
+        bn = getattr(src, "bn", None)
+        if bn is not None:
             for attr in ("weight", "bias", "running_mean", "running_var"):
-                getattr(dst.bn, attr).copy_(getattr(src.bn, attr)[out_idx])
-            dst.bn.num_batches_tracked.copy_(src.bn.num_batches_tracked)
+                getattr(dst.bn, attr).copy_(getattr(bn, attr)[out_idx])
+            dst.bn.num_batches_tracked.copy_(bn.num_batches_tracked)
+
+
+def _keep_indices(units: Sequence[Unit], keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Surviving filters of every unit: ``keep``'s for the removable units it
+    names, all of them otherwise (conv10's outputs, the classes, always)."""
+    k = {}
+    for u in units:
+        idx = keep.get(u.module) if u.removable else None
+        k[u.module] = torch.arange(u.cout) if idx is None else torch.as_tensor(idx, dtype=torch.long)
+        if k[u.module].numel() < 1:
+            raise ValueError(f"{u.module}: at least one filter must survive")
+        if k[u.module].max() >= u.cout or k[u.module].min() < 0:
+            raise ValueError(f"{u.module}: filter index out of range")
+    return k
 
 
 def shrink(model: SqueezeNet, keep: dict[str, torch.Tensor], name: str | None = None) -> SqueezeNet:
     """A physically smaller network keeping the output filters ``keep[unit]``
-    of each unit (all filters of units not named), with the surviving weights
-    sliced in (Torch-Pruning's ``prune_out_channels``, for SqueezeNet's graph).
+    of each unit (by ``Unit.module``; all filters of units not named), with
+    the surviving weights sliced in (Torch-Pruning's ``prune_out_channels``,
+    for SqueezeNet's graph).
 
-    Dependencies: conv1's outputs are the first squeeze's inputs; a squeeze's
-    outputs are both expands' inputs; a Fire's concatenated outputs
-    (expand1x1 then expand3x3) are the next squeeze's or conv10's inputs.
-    conv10's outputs, the classes, are never removed.
+    A unit's input channels are the surviving outputs of the units it reads
+    (``Unit.inputs``): conv1's feed the first squeeze, a squeeze's feed both
+    expands, and a Fire's concatenated expand1x1 and expand3x3 outputs feed
+    the next squeeze or conv10. conv10's outputs, the classes, are never
+    removed.
     """
     g = model.genome
-    units = dict(conv_units(model))
-    full = {n: torch.arange(u.conv.out_channels) for n, u in units.items()}
-    k = {n: torch.as_tensor(keep.get(n, full[n]), dtype=torch.long) for n in units}
-    for n, idx in k.items():
-        if idx.numel() < 1:
-            raise ValueError(f"{n}: at least one filter must survive")
-        if idx.max() >= full[n].numel() or idx.min() < 0:
-            raise ValueError(f"{n}: filter index out of range")
-    fires = []
-    for i, f in enumerate(g.fires):
-        e1 = k[f"fires.{i}.expand1x1"].numel() if f.expand1x1 else 0
-        e3 = k[f"fires.{i}.expand3x3"].numel() if f.expand3x3 else 0
-        fires.append(FireSpec(k[f"fires.{i}.squeeze"].numel(), e1, e3))
-    child_g = g.replace(stem=dataclasses.replace(g.stem, filters=k["conv1"].numel()), fires=tuple(fires),
-                        name=name or g.name)
-    child = build(child_g)
+    units = g.units()
+    k = _keep_indices(units, keep)
+    child_g = g.with_unit_widths({u.module: k[u.module].numel() for u in units if u.removable})
+    child = build(child_g.replace(name=name or g.name))
     child.train(model.training)
-    _slice_unit(child.conv1, model.conv1, k["conv1"], torch.arange(g.in_channels))
-    prev = k["conv1"]  # surviving channels of the previous layer's output
-    for i, (cf, pf) in enumerate(zip(child.fires, model.fires)):
-        sq = k[f"fires.{i}.squeeze"]
-        _slice_unit(cf.squeeze, pf.squeeze, sq, prev)
-        parts = []
-        offset = 0
-        for branch in ("expand1x1", "expand3x3"):
-            pu = getattr(pf, branch)
-            if pu is None:
-                continue
-            idx = k[f"fires.{i}.{branch}"]
-            _slice_unit(getattr(cf, branch), pu, idx, sq)
-            parts.append(idx + offset)  # position inside the concatenation
-            offset += pu.conv.out_channels
-        prev = torch.cat(parts)
-    with torch.no_grad():
-        child.conv10.weight.copy_(model.conv10.weight[:, prev])
-        child.conv10.bias.copy_(model.conv10.bias)
+    width = {u.module: u.cout for u in units}
+    for u in units:
+        if not u.inputs:  # conv1 reads the image
+            in_idx = torch.arange(u.cin)
+        else:  # positions of the surviving inputs inside the concatenation
+            offsets = itertools.accumulate((width[m] for m in u.inputs[:-1]), initial=0)
+            in_idx = torch.cat([k[m] + off for m, off in zip(u.inputs, offsets)])
+        _slice_unit(child.get_submodule(u.module), model.get_submodule(u.module), k[u.module], in_idx)
     return child
 
 
@@ -234,40 +233,10 @@ def zero_filters(model: SqueezeNet, keep: dict[str, torch.Tensor]) -> SqueezeNet
 
 
 # -- the environment --------------------------------------------------------------
-def _spatial(genome: Genome, image_size: int) -> dict[str, int]:
-    """Output pixels per position of each unit ("conv1", "fires.i"): they do
-    not depend on the widths, so one profile of the parent serves all."""
-    prof = profile(genome, image_size)
-    hw = {layer.name: layer.out_hw ** 2 for layer in prof.layers}
-    px = {"conv1": hw["conv1"], "conv10": hw["conv10"]}
-    for i in range(len(genome.fires)):
-        px[f"fires.{i}"] = hw[f"fire{i + 2}.squeeze"]
-    return px
-
-
-def _expected_cost(g: Genome, widths: dict[str, float], px: dict[str, int] | None = None) -> tuple[float, float]:
-    """Closed-form (parameters, MACs) with fractional (expected) widths; MACs
-    need ``px`` from ``_spatial`` (0 without it)."""
-    w = widths
-    params = macs = 0.0
-    cin = float(g.in_channels)
-    c1 = w["conv1"]
-    params += cin * c1 * g.stem.kernel ** 2 + c1
-    if px:
-        macs += cin * c1 * g.stem.kernel ** 2 * px["conv1"]
-    prev = c1
-    for i, f in enumerate(g.fires):
-        s = w[f"fires.{i}.squeeze"]
-        e1 = w.get(f"fires.{i}.expand1x1", 0.0) if f.expand1x1 else 0.0
-        e3 = w.get(f"fires.{i}.expand3x3", 0.0) if f.expand3x3 else 0.0
-        params += prev * s + s + s * e1 + e1 + 9 * s * e3 + e3
-        if px:
-            macs += (prev * s + s * e1 + 9 * s * e3) * px[f"fires.{i}"]
-        prev = e1 + e3
-    params += prev * g.num_classes + g.num_classes
-    if px:
-        macs += prev * g.num_classes * px["conv10"]
-    return params, macs
+@functools.lru_cache(maxsize=None)
+def _rounded_widths(width: int, min_width: int, divisor: int) -> torch.Tensor:
+    """``round_width`` of every survivor count 0..``width`` (float64)."""
+    return torch.tensor([round_width(n, divisor, min_width, width) for n in range(width + 1)], dtype=torch.float64)
 
 
 def _expected_width(q: torch.Tensor, min_width: int, divisor: int) -> float:
@@ -289,12 +258,7 @@ def _expected_width(q: torch.Tensor, min_width: int, divisor: int) -> float:
     pk = cdf[1:] - cdf[:-1]
     pk[0] += cdf[0]  # the tails belong to the end points
     pk[-1] += 1 - cdf[-1]
-    # round_keep's width for each survivor count, ties rounded as it does.
-    floor_mult = -(-max(1, min_width) // divisor) * divisor
-    n = torch.clamp(k, min=min(min_width, width))
-    realized = torch.clamp(torch.maximum(torch.round(n / divisor) * divisor, torch.tensor(float(floor_mult))),
-                           1, width)
-    return float((pk * realized).sum())
+    return float((pk * _rounded_widths(width, min_width, divisor)).sum())
 
 
 def _expected_widths(enc: Encoding, factor: float, min_width: int, divisor: int = 1) -> dict[str, float]:
@@ -304,13 +268,13 @@ def _expected_widths(enc: Encoding, factor: float, min_width: int, divisor: int 
 def expected_params(genome: Genome, enc: Encoding, factor: float, min_width: int = 1, divisor: int = 1) -> float:
     """Expected deployed parameters of an offspring sampled at F(E) = ``factor``
     (expected widths per layer; the min-width floor and rounding included)."""
-    return _expected_cost(genome, _expected_widths(enc, factor, min_width, divisor))[0]
+    return conv_cost(genome.units(), _expected_widths(enc, factor, min_width, divisor))[0]
 
 
 def expected_macs(genome: Genome, enc: Encoding, factor: float, image_size: int, min_width: int = 1,
                   divisor: int = 1) -> float:
     """Expected convolution MACs of an offspring at ``image_size``."""
-    return _expected_cost(genome, _expected_widths(enc, factor, min_width, divisor), _spatial(genome, image_size))[1]
+    return conv_cost(genome.units(image_size), _expected_widths(enc, factor, min_width, divisor))[1]
 
 
 def mac_weights(genome: Genome, image_size: int, pressure: float) -> dict[str, float]:
@@ -324,33 +288,21 @@ def mac_weights(genome: Genome, image_size: int, pressure: float) -> dict[str, f
     k (r / geometric mean of r) ** ``pressure``: at equal strength a filter
     in a high-resolution layer, which buys few parameters and many MACs, is
     less likely to survive. ``pressure`` = 0 is the papers' rule."""
-    return {n: math.exp(pressure * c) for n, c in _log_mac_ratios(genome, image_size).items()}
+    return {n: math.exp(pressure * c) for n, c in _log_mac_ratios(genome.units(image_size)).items()}
 
 
-def _log_mac_ratios(genome: Genome, image_size: int) -> dict[str, float]:
-    """log r per unit, centred on its mean (see ``mac_weights``); it does not
-    depend on the pressure, so a solver computes it once."""
-    px = _spatial(genome, image_size)
-    base = {n: float(c) for n, c in _unit_names(genome)}
-    p0, m0 = _expected_cost(genome, base, px)
+def _log_mac_ratios(units: Sequence[Unit]) -> dict[str, float]:
+    """log r per removable unit, centred on its mean (see ``mac_weights``);
+    ``units`` need pixels. It does not depend on the pressure, so a solver
+    computes it once."""
+    base = {u.module: float(u.cout) for u in units if u.removable}
+    p0, m0 = conv_cost(units, base)
     logs = {}
     for n in base:
-        p1, m1 = _expected_cost(genome, {**base, n: base[n] + 1.0}, px)
+        p1, m1 = conv_cost(units, {**base, n: base[n] + 1.0})
         logs[n] = math.log((m1 - m0) / (p1 - p0))
     mean = sum(logs.values()) / len(logs)
     return {n: v - mean for n, v in logs.items()}
-
-
-def _unit_names(genome: Genome) -> list[tuple[str, int]]:
-    """(unit name, width) of every removable unit, in ``conv_units`` order."""
-    out = [("conv1", genome.stem.filters)]
-    for i, f in enumerate(genome.fires):
-        out.append((f"fires.{i}.squeeze", f.squeeze))
-        if f.expand1x1:
-            out.append((f"fires.{i}.expand1x1", f.expand1x1))
-        if f.expand3x3:
-            out.append((f"fires.{i}.expand3x3", f.expand3x3))
-    return out
 
 
 @dataclass
@@ -380,7 +332,7 @@ def solve_environment(
     MACs: the size target fixes how much is removed, the MAC target where."""
     g = model.genome
     strengths = cluster_strengths(model, importance)
-    px = _spatial(g, image_size) if target_macs else None
+    units = g.units(image_size) if target_macs else g.units()  # pixels only where MACs count
 
     def enc_at(k: float, weights: dict[str, float] | None) -> Encoding:
         return Encoding({n: cluster_probabilities(s, k * (weights[n] if weights else 1.0))
@@ -388,7 +340,7 @@ def solve_environment(
 
     def solve_size(weights: dict[str, float] | None) -> tuple[float, float]:
         def exp_params(f: float, k: float) -> float:
-            return expected_params(g, enc_at(k, weights), f, min_width, divisor)
+            return conv_cost(units, _expected_widths(enc_at(k, weights), f, min_width, divisor))[0]
 
         if exp_params(1.0, sharpness) >= target_params:
             lo, hi = 0.0, 1.0
@@ -408,12 +360,12 @@ def solve_environment(
                 hi = mid
         return 1.0, (lo + hi) / 2
 
-    log_ratios = _log_mac_ratios(g, image_size) if target_macs else {}
+    log_ratios = _log_mac_ratios(units) if target_macs else {}
 
     def at_pressure(a: float) -> tuple[Environment, float]:
         weights = {n: math.exp(a * c) for n, c in log_ratios.items()} if a > 0 else None
         f, k = solve_size(weights)
-        macs = _expected_cost(g, _expected_widths(enc_at(k, weights), f, min_width, divisor), px)[1] if px else 0.0
+        macs = conv_cost(units, _expected_widths(enc_at(k, weights), f, min_width, divisor))[1] if target_macs else 0.0
         return Environment(f, k, a, weights), macs
 
     env, macs = at_pressure(0.0)
@@ -434,19 +386,21 @@ def solve_environment(
 
 
 # -- synapse level -----------------------------------------------------------------
+_INDEX_BYTES = 2  # a synapse's position inside its filter (16 bits)
+_OFFSET_BYTES = 4  # where a filter's synapses start (32 bits)
+
+
 def sample_synapses(model: SqueezeNet, factor: float, generator: torch.Generator, sharpness: float = 1.0,
                     existing: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Masks of surviving synapses inside the surviving filters (conv weights,
-    conv10 included), drawn with F_s * p(w). Existing masks are kept: a
-    synapse that died in an ancestor stays dead."""
+    """Masks of surviving synapses inside the surviving filters (every conv
+    weight, conv10's included, by state-dict name), drawn with F_s * p(w).
+    Existing masks are kept: a synapse that died in an ancestor stays dead."""
     masks = {}
-    folded = fold_batchnorm(model)
-    fw = dict(folded.named_parameters())
-    for name, p in model.named_parameters():
-        if not name.endswith("conv.weight") and name != "conv10.weight":
-            continue
+    fw = dict(fold_batchnorm(model).named_parameters())
+    for unit in model.genome.units():
+        name = weight_name(unit)
         probs = synapse_probabilities(fw[name], sharpness)
-        m = torch.rand(p.shape, generator=generator) < (factor * probs).clamp(0, 1)
+        m = torch.rand(probs.shape, generator=generator) < (factor * probs).clamp(0, 1)
         if existing and name in existing:
             m &= existing[name].bool()
         # Every filter keeps at least its strongest synapse.
@@ -465,15 +419,14 @@ def sparse_bytes(model: SqueezeNet, masks: dict[str, torch.Tensor] | None) -> tu
     per filter; other parameters dense. BN is counted folded, like ``size_mb``."""
     nnz = 0
     nbytes = 0
-    folded = fold_batchnorm(model)
-    for name, p in folded.named_parameters():
+    for name, p in fold_batchnorm(model).named_parameters():
         if masks and name in masks:
             k = int(masks[name].sum())
             nnz += k
-            nbytes += k * (4 + 2) + 4 * p.shape[0]
+            nbytes += k * (BYTES_FP32 + _INDEX_BYTES) + _OFFSET_BYTES * p.shape[0]
         else:
             nnz += p.numel()
-            nbytes += p.numel() * 4
+            nbytes += p.numel() * BYTES_FP32
     return nnz, nbytes
 
 
@@ -481,56 +434,58 @@ def sparse_bytes(model: SqueezeNet, masks: dict[str, torch.Tensor] | None) -> tu
 @dataclass
 class Offspring:
     model: SqueezeNet
-    keep: dict[str, list[int]]
+    keep: dict[str, list[int]]  # surviving filter indices per unit (by Unit.module)
     masks: dict[str, torch.Tensor] | None
     factor: float
     sharpness: float
 
 
-def synthesize(
-    parent: SqueezeNet,
-    factor: float,
-    generator: torch.Generator,
-    sharpness: float = 1.0,
-    min_width: int = 1,
-    divisor: int = 1,
-    name: str | None = None,
-    init: str = "inherit",
-    synapse_factor: float | None = None,
-    parent_masks: dict[str, torch.Tensor] | None = None,
-    importance: Importance | None = None,
-    encoding: Encoding | None = None,
-) -> Offspring:
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """How ``synthesize`` draws offspring, apart from F(E) and the generator."""
+
+    sharpness: float = 1.0  # k of p(c) (without a precomputed encoding) and of p(w)
+    min_width: int = 1  # fewest filters a unit keeps
+    divisor: int = 1  # widths rounded to multiples of this (genome.round_width); 1: off
+    init: str = "inherit"  # "inherit": the surviving weights; "scratch": fresh ones
+    synapse_factor: float | None = None  # F_s of synapse-level sampling; None: off
+    importance: Importance | None = None  # cluster strength; None: L1 on BN-folded weights
+
+    def __post_init__(self) -> None:
+        if self.init not in ("inherit", "scratch"):
+            raise ValueError(f"init must be 'inherit' or 'scratch', got {self.init!r}")
+
+
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SynthesisOptions))
+
+
+def synthesize(parent: SqueezeNet, factor: float, generator: torch.Generator, options: SynthesisOptions | None = None,
+               *, name: str | None = None, parent_masks: dict[str, torch.Tensor] | None = None,
+               encoding: Encoding | None = None, **option_overrides: Any) -> Offspring:
     """Sample one offspring of ``parent`` at F(E) = ``factor``.
 
-    ``init='inherit'`` slices the surviving weights in; ``'scratch'`` gives the
-    same smaller genome with fresh weights (seeded from ``generator``).
+    ``options`` say how (``SynthesisOptions``); its fields may also be given
+    as keywords (``sharpness=..., divisor=...``), which override it.
     ``encoding`` (from ``encode(parent, sharpness)``) saves re-encoding the
-    parent when several offspring are drawn from it.
+    parent when several offspring are drawn from it. ``parent_masks`` are the
+    parent's synapse masks: the offspring inherits them, sliced like the
+    weights. With ``init='scratch'`` the offspring gets fresh weights, seeded
+    from ``generator``.
     """
-    if init not in ("inherit", "scratch"):
-        raise ValueError(f"init must be 'inherit' or 'scratch', got {init!r}")
-    enc = encoding if encoding is not None else encode(parent, sharpness, importance)
-    keep = {}
-    for unit, p in enc.probs.items():
-        alive = sample_clusters(p, factor, generator)
-        keep[unit] = round_keep(alive, p, min_width, divisor)
+    unknown = sorted(set(option_overrides) - _OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"synthesize() got unexpected keyword argument(s) {unknown}")
+    opts = dataclasses.replace(options or SynthesisOptions(), **option_overrides)
+    enc = encoding if encoding is not None else encode(parent, opts.sharpness, opts.importance)
+    keep = {unit: round_keep(sample_clusters(p, factor, generator), p, opts.min_width, opts.divisor)
+            for unit, p in enc.probs.items()}
     child = shrink(parent, keep, name=name)
-    masks = None
-    if parent_masks:
-        # Slice the inherited masks like the weights, so dead synapses stay dead.
-        carrier = copy.deepcopy(parent)
-        with torch.no_grad():
-            for pname, m in parent_masks.items():
-                dict(carrier.named_parameters())[pname].copy_(m.float())
-        sliced = shrink(carrier, keep)
-        sp = dict(sliced.named_parameters())
-        parent_masks = {k: sp[k].detach() != 0 for k in parent_masks}
-    if synapse_factor is not None:
-        masks = sample_synapses(child, synapse_factor, generator, sharpness, parent_masks)
-    elif parent_masks:
-        masks = parent_masks
-    if init == "scratch":
+    inherited = _slice_masks(parent, parent_masks, keep) if parent_masks else None
+    if opts.synapse_factor is not None:
+        masks = sample_synapses(child, opts.synapse_factor, generator, opts.sharpness, inherited)
+    else:
+        masks = inherited
+    if opts.init == "scratch":
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -540,4 +495,18 @@ def synthesize(
             params = dict(child.named_parameters())
             for k, m in masks.items():
                 params[k].mul_(m.to(params[k].dtype))
-    return Offspring(child, {k: v.tolist() for k, v in keep.items()}, masks, factor, sharpness)
+    return Offspring(child, {k: v.tolist() for k, v in keep.items()}, masks, factor, opts.sharpness)
+
+
+def _slice_masks(parent: SqueezeNet, masks: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+    """The parent's synapse masks cut down to the offspring's filters and
+    channels: written into a copy of the parent and shrunk like the weights,
+    so that dead synapses stay dead."""
+    carrier = copy.deepcopy(parent)
+    params = dict(carrier.named_parameters())
+    with torch.no_grad():
+        for pname, m in masks.items():
+            params[pname].copy_(m.float())
+    sliced = dict(shrink(carrier, keep).named_parameters())
+    return {k: sliced[k].detach() != 0 for k in masks}
