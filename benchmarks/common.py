@@ -1,10 +1,15 @@
-"""Shared helpers for benchmark scripts: machine facts and JSON output."""
+"""Shared helpers for benchmark scripts: machine facts and JSON output.
+
+Every JSON records the command line that produced it, the date, the machine
+(CPU, its vector flags, library versions) and the flags again at the top
+level, since they decide both the fp32 ceiling and int8 accuracy.
+"""
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,18 +24,34 @@ def machine() -> dict:
     return machine_info()
 
 
+def command_line(argv: list[str] | None = None, cwd: str | Path | None = None) -> str:
+    """The command that ran this script, as one would type it again: the
+    interpreter as ``python`` and the script relative to the working folder
+    (``python benchmarks/x.py --run runs/main4``), so no machine's paths
+    end up in committed results."""
+    argv = list(sys.argv if argv is None else argv)
+    cwd = Path(cwd or os.getcwd()).resolve()
+    if argv:
+        script = Path(argv[0])
+        if script.is_absolute():
+            try:
+                argv[0] = str(script.resolve().relative_to(cwd))
+            except ValueError:
+                pass  # outside the working folder: the path is the only way to name it
+    return shlex.join(["python", *argv])
+
+
 def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    from squishednets.io import atomic_write_json
+
+    info = machine()
     payload = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": info,
+        "cpu_flags": info["cpu_flags"],
         **payload,
     }
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, payload)
     return path
-
-

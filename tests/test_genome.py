@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from squishednets.errors import GenomeError
-from squishednets.genome import FireSpec, Genome, get_genome, list_genomes, make_divisible, register, round_widths, \
-    squeezenet_design
-from squishednets.metrics import SQUEEZENET11_MB, pool_out, profile
+from squishednets.genome import FireSpec, Genome, get_genome, list_genomes, make_divisible, pool_out, register, \
+    round_width, round_widths, squeezenet_design
+from squishednets.metrics import SQUEEZENET11_MB, profile
 from squishednets.model import build, fold_batchnorm
 
 
@@ -164,3 +164,57 @@ def test_pool_out_matches_torch():
 def test_too_small_input_is_an_error():
     with pytest.raises(ValueError, match="too small"):
         profile(get_genome("squeezenet1_1"), 8)
+
+
+def test_round_width_is_synthesis_rule():
+    assert round_width(13, 8) == 16 and round_width(9, 8) == 8  # nearest multiple, down as well as up
+    assert [round_width(n, 16) for n in (8, 24, 40, 56)] == [16, 32, 32, 64]  # ties to the even multiple
+    assert round_width(0, 16, min_width=20) == 32  # the smallest multiple at or above the floor
+    assert round_width(0, 16, min_width=20, max_width=24) == 24  # never more than the parent had
+    assert round_width(3, 1, min_width=5) == 5 and round_width(7, 1, min_width=5) == 7
+    assert round_width(0) == 1
+
+
+def test_the_two_rounding_rules_differ_only_where_documented():
+    """make_divisible (designs) and round_width (survivor counts) agree away
+    from ties and the 10% limit; 104 at divisor 16 is the docstring's case."""
+    assert make_divisible(104, 16) == 112 and round_width(104, 16) == 96
+    assert make_divisible(9, 8) == 16 and round_width(9, 8) == 8
+    for n in range(16, 400):
+        nearest = round_width(n, 16, min_width=16)
+        if n % 16 != 8 and nearest >= 0.9 * n:  # no tie, and within timm's 10%
+            assert make_divisible(n, 16) == nearest
+
+
+@pytest.mark.parametrize("name", list_genomes())
+def test_units_name_every_convolution(name):
+    g = get_genome(name, 10)
+    units = g.units()
+    assert [u.name for u in units] == ["conv1"] + [f"fire{i + 2}.{r}" for i in range(len(g.fires))
+                                                   for r in ("squeeze", "expand1x1", "expand3x3")] + ["conv10"]
+    assert [u.module for u in units][:4] == ["conv1", "fires.0.squeeze", "fires.0.expand1x1", "fires.0.expand3x3"]
+    assert [u.cout for u in units if u.removable] == g.widths()
+    assert units[-1].cout == 10 and not units[-1].removable
+    by_module = {u.module: u for u in units}
+    for u in units[1:]:  # channels flow along the inputs
+        assert u.cin == sum(by_module[m].cout for m in u.inputs)
+    assert units[0].inputs == () and units[0].cin == g.in_channels
+
+
+def test_units_skip_empty_branches_and_carry_pixels():
+    g = squeezenet_design(pct3x3=1.0, num_fires=3, num_classes=4, pool_after=(0, 2))
+    units = g.units(64)
+    assert [u.name for u in units] == ["conv1", "fire2.squeeze", "fire2.expand3x3", "fire3.squeeze",
+                                       "fire3.expand3x3", "fire4.squeeze", "fire4.expand3x3", "conv10"]
+    assert units[3].inputs == ("fires.0.expand3x3",)
+    assert [(u.in_hw, u.out_hw) for u in units] == [(64, 29)] + [(14, 14)] * 4 + [(7, 7)] * 3
+    assert all(u.in_hw is None and u.out_hw is None for u in g.units())
+
+
+def test_with_unit_widths():
+    g = get_genome("squeezenet1_1", 10)
+    h = g.with_unit_widths({"conv1": 32, "fires.2.expand3x3": 40})
+    assert h.stem.filters == 32 and h.fires[2] == FireSpec(32, 128, 40) and h.fires[:2] == g.fires[:2]
+    assert g.with_unit_widths({}) == g
+    with pytest.raises(GenomeError, match="no removable unit"):
+        g.with_unit_widths({"conv10": 3})

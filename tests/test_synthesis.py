@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from squishednets.genome import get_genome, squeezenet_design
-from squishednets.metrics import profile
+from squishednets.genome import get_genome, round_width, squeezenet_design
+from squishednets.metrics import conv_cost, profile
 from squishednets.model import build, conv_units, fold_batchnorm
-from squishednets.synthesis import _expected_cost, _expected_width, _spatial, _unit_names, cluster_probabilities, encode, \
-    expected_macs, expected_params, mac_weights, round_keep, sample_clusters, shrink, solve_environment, \
-    sparse_bytes, synapse_probabilities, synthesize, zero_filters
+from squishednets.synthesis import SynthesisOptions, _expected_width, cluster_probabilities, encode, expected_macs, \
+    expected_params, mac_weights, round_keep, sample_clusters, shrink, solve_environment, sparse_bytes, \
+    synapse_probabilities, synthesize, zero_filters
 
 
 def _trained_like(g, seed=0):
@@ -180,13 +180,17 @@ def test_synapse_level_masks_and_sparse_size():
 
 
 @pytest.mark.parametrize("g", GENOMES, ids=lambda g: f"{g.name}-bn{int(g.batchnorm)}")
-def test_expected_cost_at_whole_widths_is_the_profile(g):
-    """The solver's closed form agrees with metrics.profile at integer widths."""
-    widths = {n: float(c) for n, c in _unit_names(g)}
-    assert [n for n, _ in _unit_names(g)] == [n for n, _ in conv_units(build(g))]
-    params, macs = _expected_cost(g, widths, _spatial(g, 96))
+def test_expected_cost_of_certain_survival_is_the_profile(g):
+    """The solver's expectation with every filter surely kept is the
+    profile's count: one cost model (metrics.conv_cost) for both."""
+    m = build(g)
+    enc = encode(m)
+    enc.probs = {n: torch.ones_like(p) for n, p in enc.probs.items()}
     prof = profile(g, 96)
-    assert (params, macs) == (prof.params, prof.macs)
+    assert expected_params(g, enc, 1.0) == prof.params
+    assert expected_macs(g, enc, 1.0, 96) == prof.macs
+    widths = {u.module: float(u.cout) for u in g.units() if u.removable}
+    assert conv_cost(g.units(96), widths) == (prof.params, prof.macs)
 
 
 def test_mac_weights_press_hardest_on_high_resolution_layers():
@@ -240,3 +244,29 @@ def test_expected_width_includes_floor_and_rounding(mean_keep, divisor):
     if divisor > 1:  # the naive mean misses the floor where few filters survive
         naive = float(q.sum())
         assert mean_keep > 0.2 or abs(_expected_width(q, 1, divisor) - naive) > 3
+
+
+def test_round_keep_keeps_round_width_filters():
+    """round_keep and the solver's expectation share genome.round_width."""
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(200):
+        n = int(torch.randint(1, 70, (1,), generator=gen))
+        p = torch.rand(n, generator=gen)
+        alive = torch.rand(n, generator=gen) < 0.4
+        for min_width, divisor in ((1, 1), (3, 1), (1, 8), (8, 16), (20, 16)):
+            k = round_keep(alive, p, min_width, divisor)
+            assert len(k) == round_width(int(alive.sum()), divisor, min_width, n)
+            assert len(set(k.tolist())) == len(k)
+
+
+def test_synthesis_options_and_keywords_agree():
+    g = get_genome("squeezenet1_1", 10, batchnorm=True)
+    m = _trained_like(g)
+    a = synthesize(m, 0.8, torch.Generator().manual_seed(4), SynthesisOptions(divisor=8, min_width=4), name="x")
+    b = synthesize(m, 0.8, torch.Generator().manual_seed(4), divisor=8, min_width=4, name="x")
+    c = synthesize(m, 0.8, torch.Generator().manual_seed(4), SynthesisOptions(divisor=16, min_width=4), divisor=8)
+    assert a.keep == b.keep == c.keep and a.model.genome == b.model.genome
+    with pytest.raises(TypeError, match="divisr"):
+        synthesize(m, 0.8, torch.Generator(), divisr=8)
+    with pytest.raises(ValueError, match="init must be"):
+        synthesize(m, 0.8, torch.Generator(), init="random")

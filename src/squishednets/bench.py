@@ -26,12 +26,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnxruntime
 import torch
+from tqdm import tqdm
 
+from .checkpoint import load_checkpoint, resolve_genome
 from .config import option
-from .errors import ConfigError, SquishedError
+from .errors import ConfigError
+from .export import export_onnx
+from .io import atomic_write_json
 from .metrics import ALEXNET_MB, SQUEEZENET11_MB, profile
+from .model import build, fold_batchnorm
 from .ort import CPU_FLAGS, cpu_flags, session
+from .records import LINEAGE_FILE, Lineage
 
 __all__ = ["machine_info", "CPU_FLAGS", "cpu_flags", "clock_mhz", "theoretical_peak_gflops", "CpuMonitor", "time_fn",
            "GEMM_SIZES", "GemmCeiling", "gemm_ceiling", "matmul_gflops", "BenchConfig", "bench_model", "merge_rounds",
@@ -104,12 +111,7 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
+    info["onnxruntime"] = onnxruntime.__version__
     return info
 
 
@@ -295,9 +297,6 @@ def bench_model(model: torch.nn.Module, cfg: BenchConfig, onnx_path: str | Path 
     """Static metrics plus timings of ``model`` (a SqueezeNet from ``build``).
     ``matmul_rate`` is the best-GEMM ceiling in GFLOP/s (or a ``GemmCeiling``)
     when several models share one; by default it is measured here."""
-    from .export import export_onnx
-    from .model import fold_batchnorm
-
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     genome = model.genome
@@ -391,30 +390,22 @@ def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_js
     """Benchmark a registered genome, a checkpoint or every generation of an
     evolve run (whose results then also go to ``RUN/bench.json``). Each
     model carries its held-out and test top-1 where they are known."""
-    from .checkpoint import load_checkpoint
-    from .genome import get_genome, list_genomes
-    from .io import atomic_write_json
-    from .model import build
-    from .records import LINEAGE_FILE, Lineage
-
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     # (name, generation, model, accuracy figures)
     items: list[tuple[str, int | None, Any, dict[str, Any]]] = []
     p = Path(str(target))
     is_run = (p / LINEAGE_FILE).exists()
-    if str(target) in list_genomes():
-        items.append((str(target), None, build(get_genome(str(target), num_classes=classes)).eval(), {}))
-    elif is_run:
+    if is_run:
         for e in Lineage.load(p).generations:
             items.append((e.name if e.generation else f"{e.name} (ancestor)", e.generation,
                           load_checkpoint(p / e.path).model, {"heldout_top1": e.heldout_top1, "test_top1": e.test_top1}))
-    elif p.exists():
+    elif p.is_dir():
         ck = load_checkpoint(p)
-        items.append((ck.genome.name, ck.metrics.get("generation"), ck.model,
-                      {k: ck.metrics.get(k) for k in ("heldout_top1", "test_top1")}))
-    else:
-        raise SquishedError(f"'{target}' is neither a registered genome, a checkpoint nor an evolve run folder")
+        items.append((ck.genome.name, None, ck.model, {k: ck.metrics.get(k) for k in ("heldout_top1", "test_top1")}))
+    else:  # a registered name or a genome file: untrained weights time the same
+        g = resolve_genome(target, num_classes=classes)
+        items.append((g.name, None, build(g).eval(), {}))
     gemm = gemm_ceiling(cfg.gemm_sizes, cfg.gemm_repeats, threads)
     flags, mhz = cpu_flags(), clock_mhz()
     rounds = cfg.rounds
@@ -422,8 +413,6 @@ def bench_target(target: str | Path, cfg: BenchConfig, classes: int = 10, out_js
     jobs = [(r, i) for r in range(rounds) for i in range(len(items))]  # round by round: interleaved
     it: Any = jobs
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(jobs, desc="benchmarking" + (f" ({rounds} rounds)" if rounds > 1 else ""), unit="model",
                   leave=False)
     for _, i in it:

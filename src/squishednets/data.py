@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
 
 from .errors import DataError
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_file, atomic_write_text
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -112,8 +114,6 @@ def scan_split(root: str | Path, split: str) -> tuple[list[str], list[tuple[Path
 def decode_image(path: str | Path, size: int) -> np.ndarray:
     """Decode to RGB (greyscale and CMYK included), resize the shorter side to
     ``size`` and centre-crop: a (3, size, size) uint8 array."""
-    from PIL import Image
-
     with Image.open(path) as im:
         # JPEG draft mode decodes at a reduced scale directly: far faster
         # than a full decode followed by a large downscale.
@@ -179,8 +179,6 @@ def load_split(
     results: list[tuple[np.ndarray | None, str]]
     it = None
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(total=len(args), desc=f"decoding {split} at {image_size}px", unit="img", leave=False)
     results = []
     if workers > 1 and len(args) > 64:
@@ -215,12 +213,15 @@ def load_split(
     images = np.stack(kept)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # npy first, meta last: a meta file only exists beside a complete array.
-    tmp = cache_dir / f".{npy.name}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        np.save(fh, images)
-    os.replace(tmp, npy)
+    atomic_write_file(npy, lambda tmp: _save_array(tmp, images))
     atomic_write_text(meta_path, json.dumps({"labels": labels, "files": files, "skipped": skipped}))
     return Split(torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64), classes, files, skipped)
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    # Through a handle: np.save on a path would append ".npy" to the temporary name.
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 def _skipped_message(skipped: list[str], strict: bool) -> str:

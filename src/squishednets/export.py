@@ -25,13 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from .data import normalize_batch
+from .checkpoint import load_checkpoint
+from .data import load_dataset, load_split, normalize_batch, test_split_name
 from .errors import ConfigError, DataError, ExportError
 from .io import atomic_write_file
 from .model import SqueezeNet, fold_batchnorm
 from .ort import cpu_flags, images_per_second, session
+from .train import train_config_of
 
 __all__ = ["OPSET", "PARITY_TOL", "INT8_MODES", "export_onnx", "check_onnx", "check_onnx_images", "ort_predict",
            "ort_top1", "quantize_int8", "export_checkpoint"]
@@ -48,8 +53,8 @@ CHECK_IMAGES = 64  # real images in the parity check: enough to meet every class
 # on an AVX2 machine. 7-bit weights (reduce_range) keep every pair sum in
 # range (0.2-0.6 points lost there); u8 weights take a kernel without the
 # 16-bit step. ONNX Runtime turns s8 activations into u8 on x86, so the
-# full-range s8s8 and u8s8 modes are exact only with VNNI or on ARM; they
-# are kept for comparison (benchmarks/int8.py).
+# full-range s8s8 and u8s8 modes are free of this saturation only with VNNI
+# or on ARM; they are kept for comparison (benchmarks/int8.py).
 INT8_MODES: dict[str, tuple[str, str, bool]] = {
     "reduce_range": ("QUInt8", "QInt8", True),
     "u8u8": ("QUInt8", "QUInt8", False),
@@ -129,8 +134,6 @@ def export_onnx(model: SqueezeNet, path: str | Path, image_size: int, check: boo
                 images_u8: torch.Tensor | None = None, tol: float = PARITY_TOL) -> dict[str, Any]:
     """Write ``model`` (BN folded) to ``path``; with ``check``, verify it on
     noise and, if given, on real ``images_u8`` before it replaces ``path``."""
-    import onnx
-
     path = Path(path)
     folded = fold_batchnorm(model.cpu()).eval()
     x = torch.randn(2, 3, image_size, image_size)
@@ -182,8 +185,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_u8: torch.T
                   mode: str = "reduce_range") -> Path:
     """Static int8 quantization (QDQ, per-channel weights) calibrated on
     ``calib_u8``, real training images, in one of ``INT8_MODES``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     act, weight, reduce_range = _int8_mode(mode)
     out_path = Path(out_path)
@@ -224,17 +225,6 @@ def _subset(n: int, k: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k]
 
 
-def _trained_with(ck: Any) -> dict[str, Any]:
-    """The data and input size a checkpoint was trained with."""
-    if "config_version" in ck.config:
-        from .train import train_config_of
-
-        tcfg, _ = train_config_of(ck)
-        return {"data": tcfg.data, "image_size": tcfg.image_size}
-    # Checkpoints from before the versioned configuration kept both at the top level.
-    return {"data": ck.config.get("data"), "image_size": ck.config.get("image_size") or ck.metrics.get("image_size")}
-
-
 def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = False, data: str | None = None,
                       calib_images: int = 512, cache_dir: str | None = None, image_size: int | None = None,
                       int8_mode: str = "reduce_range", check_images: int = CHECK_IMAGES, threads: int = 0,
@@ -246,21 +236,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     was trained on while that folder is still there. With ``int8``, fp32
     and int8 test top-1 and images/s at batch 32 are measured in ONNX
     Runtime with ``threads`` threads (0: every core)."""
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset, load_split, test_split_name
-
     ck = load_checkpoint(checkpoint)
-    trained = _trained_with(ck)
-    size = image_size or trained["image_size"]
-    if not size:
-        raise ConfigError(f"{ck.path} does not record its input size; pass --image-size")
-    size = int(size)
+    trained, _ = train_config_of(ck)
+    size = image_size or trained.image_size
     out = Path(out)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out {out} must end in .onnx")
     if int8:
         _int8_mode(int8_mode)  # a bad mode fails before any work
-    d = data or trained["data"]
+    d = data or trained.data
     train = test = None
     if int8:
         if not d:

@@ -41,7 +41,6 @@ __all__ = [
     "FireSpec",
     "Genome",
     "Unit",
-    "FIRE_ROLES",
     "conv_out",
     "pool_out",
     "make_divisible",
@@ -156,7 +155,12 @@ class FireSpec:
         return self.expand1x1 + self.expand3x3
 
 
-FIRE_ROLES = ("squeeze", "expand1x1", "expand3x3")
+_FIRE_ROLES = ("squeeze", "expand1x1", "expand3x3")
+
+
+def _fire_name(i: int) -> str:
+    """Display name of Fire module ``i`` (0-based): fire2..fire9 as in the SqueezeNet paper."""
+    return f"fire{i + 2}"
 
 
 @dataclass(frozen=True)
@@ -296,7 +300,7 @@ class Genome:
         after(0)
         prev: tuple[str, ...] = ("conv1",)
         for i, f in enumerate(self.fires):
-            tag, path = f"fire{i + 2}", f"fires.{i}"
+            tag, path = _fire_name(i), f"fires.{i}"
             add(f"{tag}.squeeze", f"{path}.squeeze", "squeeze", i + 1, self.fire_in_channels(i), f.squeeze, 1, 1,
                 prev)
             prev = ()  # the Fire's output: its expands, concatenated
@@ -333,7 +337,7 @@ class Genome:
         new = self.widths()
         for module, width in widths.items():
             u = units[module]
-            new[0 if u.stage == 0 else 3 * u.stage - 2 + FIRE_ROLES.index(u.kind)] = int(width)
+            new[0 if u.stage == 0 else 3 * u.stage - 2 + _FIRE_ROLES.index(u.kind)] = int(width)
         return self.with_widths(new)
 
     def with_classes(self, num_classes: int) -> "Genome":
@@ -407,7 +411,7 @@ class Genome:
                 try:
                     fire_specs.append(FireSpec(**f))
                 except GenomeError as e:
-                    raise GenomeError(f"fires[{i}] (fire{i + 2}): {str(e).removeprefix('fire: ')}") from None
+                    raise GenomeError(f"fires[{i}] ({_fire_name(i)}): {str(e).removeprefix('fire: ')}") from None
             pool_after = d["pool_after"]
             if not isinstance(pool_after, list):
                 raise GenomeError("genome: pool_after must be a list of positions")
@@ -563,8 +567,9 @@ def squeezenet_design(
 
 
 def round_widths(genome: Genome, divisor: int, min_width: int = 1) -> Genome:
-    """Round every width of ``genome`` to a multiple of ``divisor`` (odd widths
-    run slowly in ONNX Runtime); zero-width expand branches stay zero."""
+    """Round every width of ``genome`` to a multiple of ``divisor`` with
+    ``make_divisible`` (odd widths run slowly in ONNX Runtime), at least
+    ``min_width``; zero-width expand branches stay zero."""
 
     def r(c: int) -> int:
         return 0 if c == 0 else max(min_width, make_divisible(c, divisor))

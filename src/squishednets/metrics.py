@@ -125,7 +125,7 @@ def conv_cost(units: Sequence[Unit], widths: Mapping[str, float] | None = None) 
             stage_weights += w
             out[u.module] = cout
         params += stage_params
-        if u.out_hw is not None:
+        if u.out_hw is not None:  # a stage's units share their output pixels
             macs += stage_weights * (u.out_hw * u.out_hw)
     return params, macs
 

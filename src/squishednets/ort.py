@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 __all__ = ["CPU_FLAGS", "cpu_flags", "session", "images_per_second"]
 
@@ -44,8 +45,6 @@ def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
 def session(path: str | Path, threads: int = 0):
     """An ``onnxruntime.InferenceSession`` for ``path`` on the CPU with
     ``threads`` intra-op threads (0: ONNX Runtime's default, one per core)."""
-    import onnxruntime as ort
-
     so = ort.SessionOptions()
     # Intra-op threads are the parallelism we measure and report: the thread
     # count of the run, as torch gets through torch.set_num_threads.

@@ -19,7 +19,9 @@ alike, so removal follows parameters, which sit in the low-resolution late
 layers, while the compute sits in the high-resolution early ones. With a MAC
 target the environment is harsher per layer in proportion to the MACs a
 filter costs per parameter (``mac_weights``), by a pressure the solver
-chooses (``solve_environment``); pressure 0 is the papers' rule.
+chooses (``solve_environment``); pressure 0 is the papers' rule. Expected
+sizes and MACs come from ``metrics.conv_cost`` at fractional (expected)
+widths: the cost model ``metrics.profile`` uses at whole ones.
 
 Offspring are sampled cluster by cluster; dead filters disappear from the
 genome, and the surviving weights are sliced into the smaller network
@@ -96,7 +98,7 @@ class L1Importance:
 
 
 def cluster_strengths(model: SqueezeNet, importance: Importance | None = None) -> dict[str, torch.Tensor]:
-    """Strength of every removable filter, by ConvUnit name."""
+    """Strength of every removable filter, per unit (by ``Unit.module``)."""
     importance = importance or L1Importance()
     folded = fold_batchnorm(model)
     return {name: importance(unit) for name, unit in conv_units(folded)}
@@ -112,7 +114,8 @@ def cluster_probabilities(strength: torch.Tensor, sharpness: float = 1.0) -> tor
 
 @dataclass
 class Encoding:
-    """A network's DNA: cluster survival probabilities (before F(E)) per unit."""
+    """A network's DNA: cluster survival probabilities (before F(E)) per unit
+    (by ``Unit.module``, as are ``weights`` and an offspring's ``keep``)."""
 
     probs: dict[str, torch.Tensor]
     sharpness: float
