@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -53,3 +54,27 @@ def real_data(tmp_path) -> Path:
             for f in sorted((REAL / split / wnid).iterdir())[:n]:
                 shutil.copy(f, d / f.name)
     return out
+
+
+@pytest.fixture(scope="session")
+def real_lineage(tmp_path_factory):
+    """A small real lineage: an ancestor trained on a few real photos, then 3 generations."""
+    if not REAL.is_dir():
+        pytest.skip("../shared/datasets/imagenette is not beside the checkout")
+    root = tmp_path_factory.mktemp("lineage")
+    data = root / "data"
+    for split, n in (("train", 16), ("val", 6)):
+        for wnid in sorted(p.name for p in (REAL / split).iterdir())[:3]:
+            (data / split / wnid).mkdir(parents=True)
+            for f in sorted((REAL / split / wnid).iterdir())[:n]:
+                shutil.copy(f, data / split / wnid / f.name)
+    from squishednets.evolve import GENERATION_TRAIN, EvolveConfig, evolve
+    from squishednets.train import TrainConfig, run_training
+
+    cfg = TrainConfig(data=str(data), image_size=40, epochs=3, batch_size=12, threads=2, optimizer="adamw", lr=5e-3,
+                      holdout=0.25)
+    run_training(cfg, root / "anc", progress=False)
+    evolve(root / "anc", root / "ev", EvolveConfig(
+        generations=4, target_reduction=4.0, round_to=1,
+        train=dataclasses.replace(GENERATION_TRAIN, epochs=1, batch_size=12, threads=2)), progress=False)
+    return root

@@ -184,3 +184,17 @@ def test_benchmark_json_records_the_command_and_cpu_flags(tmp_path, monkeypatch)
     assert set(d["cpu_flags"]) == set(CPU_FLAGS) and d["machine"]["cpu_flags"] == d["cpu_flags"] and d["k"] == 1
     assert common.command_line(["/elsewhere/y.py", "-v"], cwd=ROOT) == "python /elsewhere/y.py -v"
     assert common.command_line(["benchmarks/y.py"], cwd=ROOT) == "python benchmarks/y.py"
+
+
+@pytest.mark.slow
+def test_bench_a_whole_lineage(real_lineage):
+    r = bench_target(real_lineage / "ev", BenchConfig(image_size=40, runs=2, warmup=1, threads=1, min_time=0.0,
+                                                      rounds=3, gemm_sizes=(128, 256)))
+    assert len(r["models"]) == 5 and [m["generation"] for m in r["models"]] == [0, 1, 2, 3, 4]
+    assert all(BENCH_KEYS <= set(m) for m in r["models"])
+    for m in r["models"]:  # three interleaved rounds, each figure their median
+        assert r["rounds"] == m["rounds"] == 3 and len(m["ort_b32_img_s_rounds"]) == 3
+        assert m["ort_b32_img_s"] == sorted(m["ort_b32_img_s_rounds"])[1]
+        assert m["ceiling_gflops"] == r["ceiling_gflops"] and 0 < m["ort_efficiency"] <= 1  # one ceiling per run
+    assert (real_lineage / "ev" / "bench.json").exists()
+    assert r["models"][-1]["size_mb"] < r["models"][0]["size_mb"]

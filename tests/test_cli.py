@@ -183,3 +183,17 @@ def test_checkpoint_that_does_not_fit_through_the_cli(capsys, tmp_path):
     save_file(w, str(tmp_path / "ck" / "weights.safetensors"))
     code, _, err = run(capsys, "info", tmp_path / "ck")
     assert code == 2 and "weights do not fit the genome" in err and "conv10.bias" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_cli_bench_and_report(real_lineage, tmp_path, capsys):
+    assert main(["bench", "squeezenet1_1", "--image-size", "48", "--runs", "2", "--min-time", "0", "--threads", "1",
+                 "--gemm-sizes", "128,256", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["models"][0]["params"] == 727_626 and d["gemm_sizes"] == [128, 256]
+    assert main(["bench", "squeezenet1_1", "--rounds", "0"]) == 2
+    assert "rounds must be >= 1" in capsys.readouterr().err
+    assert main(["report", str(real_lineage / "ev"), "--out", str(tmp_path / "r")]) == 0
+    assert "Table 1" in capsys.readouterr().out
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no lineage.json" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from squishednets import export as ex
 from squishednets.checkpoint import save_checkpoint
 from squishednets.cli import main
 from squishednets.data import load_split
-from squishednets.errors import ConfigError, ExportError, StorageError
+from squishednets.errors import CheckpointError, ConfigError, ExportError, StorageError
 from squishednets.export import INT8_MODES, check_onnx, export_checkpoint, export_onnx
 from squishednets.genome import get_genome
 from squishednets.model import build
@@ -132,9 +132,9 @@ def test_export_checkpoint_checks_on_its_val_images(tmp_path, ck):
 
 
 def test_export_checkpoint_without_its_data_checks_on_noise(tmp_path, tiny_data):
-    """An older checkpoint (flat config) whose data folder has moved away."""
+    """A checkpoint whose data folder has moved away still exports, checked on noise."""
     c = save_checkpoint(tmp_path / "ck", build(get_genome("squeezenet1_1", 3)).eval(), {},
-                        {"data": str(tmp_path / "moved"), "image_size": 40})
+                        checkpoint_config(TrainConfig(data=str(tmp_path / "moved"), image_size=40), ["a", "b", "c"]))
     info = export_checkpoint(c, tmp_path / "m.onnx")
     assert info["real_images"] == 0 and info["real_data"] is None and info["max_abs_diff"] < 1e-3
 
@@ -210,12 +210,10 @@ def test_full_disk_leaves_no_partial_onnx(tmp_path, monkeypatch):
 
 
 def test_full_disk_during_int8(tmp_path, ck, monkeypatch):
-    import onnxruntime.quantization as q
-
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(q, "quantize_static", full)
+    monkeypatch.setattr(ex, "quantize_static", full)
     with pytest.raises(StorageError, match="m.int8.onnx: no space left"):
         export_checkpoint(ck, tmp_path / "m.onnx", int8=True, calib_images=12)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m")) == ["m.onnx"]
@@ -229,3 +227,20 @@ def test_cli_export_on_a_full_disk_is_one_line(tmp_path, ck, monkeypatch, capsys
     assert err.startswith("error: cannot write") and "free space on the device or choose another --out" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists() and _hidden(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_export_command_with_int8(real_lineage, tmp_path, capsys):
+    ck = real_lineage / "ev" / "gen_04" / "model"
+    info = export_checkpoint(ck, tmp_path / "m.onnx", int8=True, calib_images=32)
+    assert info["int8_bytes"] < info["bytes"] and info["int8_mode"] == "reduce_range"
+    assert 0 <= info["int8_test_top1"] <= 1 and 0 <= info["fp32_test_top1"] <= 1 and info["test_images"] == 18
+    assert info["real_images"] == 18 and 0 <= info["real_top1_agreement"] <= 1  # the lineage's own val photos
+    code = main(["export", str(ck), "--out", str(tmp_path / "x.txt")])
+    assert code == 2 and "must end in .onnx" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_config_version_is_refused(tmp_path):
+    c = save_checkpoint(tmp_path / "ck", build(get_genome("squeezenet1_1", 3)).eval(), {}, {"image_size": 40})
+    with pytest.raises(CheckpointError, match="another version of squishednets"):
+        export_checkpoint(c, tmp_path / "m.onnx")

@@ -39,7 +39,7 @@ import numpy as np
 
 from .checkpoint import GENOME, resolve_checkpoint
 from .errors import SquishedError
-from .genome import Genome, load_genome_file
+from .genome import load_genome_file
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import ALEXNET_MB, SQUEEZENET11_MB
 from .records import LINEAGE_FILE, SELECTED_BY, GenerationRecord, Lineage
@@ -249,21 +249,11 @@ def _csv(rows: list[TableRow]) -> str:
 
 
 # -- filters kept per layer -------------------------------------------------------
-def _unit_widths(genome: Genome) -> list[tuple[str, int]]:
-    # TODO(units): use Genome.units() (same names: conv1, fireN.squeeze,
-    # fireN.expand1x1, fireN.expand3x3, conv10) once genome.py has it.
-    out = [("conv1", genome.stem.filters)]
-    for i, f in enumerate(genome.fires):
-        n = f"fire{i + 2}"
-        out += [(f"{n}.squeeze", f.squeeze), (f"{n}.expand1x1", f.expand1x1), (f"{n}.expand3x3", f.expand3x3)]
-    return out + [("conv10", genome.num_classes)]
-
-
 def filters_kept(run: str | Path, generations: Sequence[GenerationRecord]) -> dict[str, list[int | None]]:
     """Filters per layer (named as the genome names its units) for each
     generation, read from each generation's checkpoint; ``None`` where a
     generation lacks a layer of the ancestor."""
-    per_gen = [dict(_unit_widths(load_genome_file(resolve_checkpoint(Path(run) / g.path) / GENOME)))
+    per_gen = [{u.name: u.cout for u in load_genome_file(resolve_checkpoint(Path(run) / g.path) / GENOME).units()}
                for g in generations]
     return {name: [w.get(name) for w in per_gen] for name in per_gen[0]}
 
