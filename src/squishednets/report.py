@@ -14,12 +14,7 @@ The lineage is read through ``records.Lineage``. Two accuracies travel with
 each generation: held-out top-1 (a part of the training folder held out)
 chooses, test top-1 (val or ``test/``) is reported only and never chooses.
 
-Choosing SquishedNet-1…4: among the evolved generations (the ancestor
-excluded), keep the Pareto-optimal ones (no other generation is both no
-larger and no less accurate on held-out top-1, and better in one); then, for
-four sizes spaced evenly in log scale from the largest to the smallest Pareto
-member, take the nearest member not taken yet. With four or fewer Pareto
-members, all are taken.
+Choosing SquishedNet-1…4 follows ``CHOICE_RULE``.
 """
 
 from __future__ import annotations
@@ -46,6 +41,12 @@ from .records import LINEAGE_FILE, SELECTED_BY, GenerationRecord, Lineage
 
 __all__ = ["PaperRow", "PAPER_TABLE1", "PAPER_SETTING", "SELECTION_LINE", "TableRow", "pareto_front",
            "choose_squishednets", "build_table", "filters_kept", "write_report"]
+
+# How the report names SquishedNet-1…4 (shown on the page as written here).
+CHOICE_RULE = ("Among the evolved generations (the ancestor excluded), keep the Pareto-optimal ones (no other "
+               "generation is both no larger and no less accurate on held-out top-1, and better in one); then, for "
+               "four sizes spaced evenly in log scale from the largest to the smallest Pareto member, take the "
+               "nearest member not taken yet. With four or fewer Pareto members, all are taken.")
 
 
 @dataclass(frozen=True)
@@ -445,7 +446,7 @@ def _page(title: str, rows: list[TableRow], lineage: Lineage, bench: _Bench, cho
 
 # -- writing ------------------------------------------------------------------------
 def _rule() -> str:
-    return " ".join(__doc__.split("Choosing ")[1].split())
+    return CHOICE_RULE
 
 
 def _load(run: Path) -> tuple[Lineage, dict[str, Any] | None]:
