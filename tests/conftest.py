@@ -11,6 +11,21 @@ import pytest
 import torch
 from PIL import Image
 
+from squishednets.genome import get_genome
+from squishednets.model import build
+
+def bn_model(classes=4, seed=0):
+    """A seeded SqueezeNet v1.1 whose BatchNorm statistics are not the
+    identity (two training-mode passes), so that folding them is tested."""
+    torch.manual_seed(seed)
+    m = build(get_genome("squeezenet1_1", classes, batchnorm=True))
+    m.train()
+    with torch.no_grad():
+        for _ in range(2):
+            m(torch.randn(8, 3, 48, 48))
+    return m.eval()
+
+
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "imagenette"
 
 

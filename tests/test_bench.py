@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import bn_model
 from squishednets.bench import (CPU_FLAGS, BenchConfig, _apply_ceiling, bench_model, bench_target, clock_mhz,
                                 gemm_ceiling, machine_info, merge_rounds, theoretical_peak_gflops)
 from squishednets.errors import ConfigError
-from squishednets.genome import get_genome
-from squishednets.model import build
 
 BENCH_KEYS = {"params", "size_mb", "macs", "peak_activation_bytes", "params_plus_activations_kb", "fits_budget",
               "eager_b32_img_s", "cl_b32_img_s", "ort_b32_img_s", "eager_b1_ms", "cl_b1_ms", "ort_b1_ms",
@@ -25,16 +24,6 @@ BENCH_KEYS = {"params", "size_mb", "macs", "peak_activation_bytes", "params_plus
               "threads", "machine_busy", "onnx_bytes", "image_size"}
 QUICK = dict(image_size=48, runs=3, warmup=1, threads=1, min_time=0.0, gemm_sizes=(96, 128), gemm_repeats=2)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bn_model(classes=4, seed=0):
-    torch.manual_seed(seed)
-    m = build(get_genome("squeezenet1_1", classes, batchnorm=True))
-    m.train()
-    with torch.no_grad():
-        for _ in range(2):
-            m(torch.randn(8, 3, 48, 48))
-    return m.eval()
 
 
 def _efficiencies(r):
@@ -83,7 +72,7 @@ def test_gemm_ceiling_is_the_best_over_sizes():
 
 
 def test_bench_schema():
-    r = bench_model(_bn_model(), BenchConfig(**QUICK))
+    r = bench_model(bn_model(), BenchConfig(**QUICK))
     assert BENCH_KEYS <= set(r)
     assert r["gemm_sizes"] == [96, 128]
     assert r["ort_gflops"] == pytest.approx(2 * r["macs"] * r["ort_b32_img_s"] / 1e9)
@@ -102,12 +91,12 @@ def test_bench_schema():
 def test_a_model_faster_than_the_ceiling_raises_it():
     """A ceiling below a measured rate is wrong: it becomes the best rate
     seen, flagged, and no efficiency passes 100%."""
-    r = bench_model(_bn_model(), BenchConfig(**QUICK), matmul_rate=1e-6)
+    r = bench_model(bn_model(), BenchConfig(**QUICK), matmul_rate=1e-6)
     best = max(r[f"{p}_gflops"] for p in ("eager", "cl", "ort"))
     assert r["ceiling_exceeded"] is True and r["gemm_ceiling_gflops"] == 1e-6 and r["gemm_sizes"] is None
     assert r["ceiling_gflops"] == r["matmul_gflops"] == best
     assert max(_efficiencies(r)) == 1.0 and all(0 < e <= 1 for e in _efficiencies(r))
-    r = bench_model(_bn_model(), BenchConfig(**QUICK, backends=("ort",)), matmul_rate=1e12)
+    r = bench_model(bn_model(), BenchConfig(**QUICK, backends=("ort",)), matmul_rate=1e12)
     assert r["ceiling_exceeded"] is False and r["ceiling_gflops"] == 1e12 and 0 < r["ort_efficiency"] < 1
 
 

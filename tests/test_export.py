@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from conftest import bn_model
 from squishednets import export as ex
 from squishednets.checkpoint import save_checkpoint
 from squishednets.cli import main
@@ -27,16 +28,6 @@ INT8_KEYS = {"int8_path", "int8_bytes", "int8_mode", "int8_config", "cpu_flags",
              "speed_threads", "int8_warning"}
 
 
-def _bn_model(classes=4, seed=0):
-    torch.manual_seed(seed)
-    m = build(get_genome("squeezenet1_1", classes, batchnorm=True))
-    m.train()
-    with torch.no_grad():
-        for _ in range(2):
-            m(torch.randn(8, 3, 48, 48))
-    return m.eval()
-
-
 def _hidden(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -50,7 +41,7 @@ def ck(tmp_path, tiny_data):
 
 
 def test_export_parity_two_batch_sizes(tmp_path):
-    m = _bn_model()
+    m = bn_model()
     info = export_onnx(m, tmp_path / "m.onnx", 48)
     assert info["max_abs_diff"] < 1e-4 and info["bytes"] > 1000
     assert info["real_images"] == 0 and info["real_max_abs_diff"] is None and info["real_top1_agreement"] is None
@@ -67,9 +58,9 @@ def test_export_parity_two_batch_sizes(tmp_path):
 
 
 def test_failed_parity_check_is_an_error(tmp_path):
-    m = _bn_model()
+    m = bn_model()
     export_onnx(m, tmp_path / "m.onnx", 48, check=False)
-    other = _bn_model(seed=1)
+    other = bn_model(seed=1)
     with pytest.raises(ExportError, match="differs from PyTorch"):
         check_onnx(other, tmp_path / "m.onnx", 48)
 
@@ -105,7 +96,7 @@ def test_degenerate_outputs_are_errors():
 
 @pytest.mark.parametrize("bias, words", [(0.0, "all zero"), (0.5, "the same for every image")])
 def test_dead_network_is_not_exported(tmp_path, tiny_data, bias, words):
-    m = _bn_model(classes=3)
+    m = bn_model(classes=3)
     with torch.no_grad():
         m.conv10.weight.zero_()
         m.conv10.bias.fill_(bias)
@@ -119,7 +110,7 @@ def test_dead_network_is_not_exported(tmp_path, tiny_data, bias, words):
 
 def test_parity_on_real_images(tmp_path, tiny_data):
     val = load_split(tiny_data, "val", 40)
-    info = export_onnx(_bn_model(classes=3), tmp_path / "m.onnx", 40, images_u8=val.images)
+    info = export_onnx(bn_model(classes=3), tmp_path / "m.onnx", 40, images_u8=val.images)
     assert info["real_images"] == len(val) == 9
     assert 0 <= info["real_max_abs_diff"] < 1e-3 and 0 <= info["real_top1_agreement"] <= 1
 
@@ -205,7 +196,7 @@ def test_full_disk_leaves_no_partial_onnx(tmp_path, monkeypatch):
     out.write_bytes(b"previous export")
     _full_disk_export(monkeypatch)
     with pytest.raises(StorageError, match=f"cannot write {out}: no space left on the device; free space"):
-        export_onnx(_bn_model(), out, 48)
+        export_onnx(bn_model(), out, 48)
     assert out.read_bytes() == b"previous export" and _hidden(tmp_path) == []
 
 

@@ -104,3 +104,14 @@ def test_checkpoint_save_on_a_full_device(tmp_path, monkeypatch):
         checkpoint.save_checkpoint(tmp_path / "model", m, {"top1": 0.9})
     assert checkpoint.load_checkpoint(tmp_path / "model").metrics == {"top1": 0.5}
     assert _hidden(tmp_path) == []
+
+
+def test_read_json_object_names_the_file_and_the_fix(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text('{"a": 1}')
+    assert sio.read_json_object(f, StorageError, "fix it") == {"a": 1}
+    for text, what in (("{not json", "is not valid JSON"), ("[1, 2]", "does not hold a JSON object")):
+        f.write_text(text)
+        with pytest.raises(StorageError, match=f"{what}.*; fix it$") as e:
+            sio.read_json_object(f, StorageError, "fix it")
+        assert str(f) in str(e.value) and "\n" not in str(e.value)

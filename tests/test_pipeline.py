@@ -15,7 +15,7 @@ ARGS = ["--image-size", "32", "--ancestor-epochs", "2", "--generations", "2", "-
 
 def test_run_whole_job_and_resume(tiny_data, tmp_path, capsys):
     job = tmp_path / "job"
-    args = ["run", "--data", str(tiny_data), "--out", str(job), *ARGS]
+    args = ["run", "--data", str(tiny_data), "--out", str(job), "--int8", "reduce_range", *ARGS]
     assert main(args) == 0
     out = capsys.readouterr().out
     for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
@@ -24,6 +24,10 @@ def test_run_whole_job_and_resume(tiny_data, tmp_path, capsys):
     exports = json.loads((job / "export" / "export.json").read_text())
     assert exports[0]["name"] == "ancestor" and all(e["selected_by"] == "heldout" for e in exports)
     assert all({"heldout_top1", "test_top1"} <= set(e) for e in exports)
+    # int8 when asked for: measured beside fp32, with the mode and the CPU flags, and on the report's page.
+    assert all(e["int8_mode"] == "reduce_range" and "avx2" in e["cpu_flags"] and 0 <= e["int8_test_top1"] <= 1
+               and (job / e["int8_path"]).is_file() for e in exports)
+    assert 'id="exports"' in (job / "report" / "report.html").read_text()
     state = json.loads((job / "config.json").read_text())
     assert state["kind"] == "run" and set(state["stages"]) == {"ancestor", "evolve", "bench", "report", "export"}
     mtime = (job / "evolve" / "gen_02" / "model" / "weights.safetensors").stat().st_mtime_ns

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from squishednets.checkpoint import save_checkpoint
+from squishednets.cli import main
 from squishednets.errors import CheckpointError, SquishedError
 from squishednets.genome import get_genome
 from squishednets.metrics import profile
@@ -184,6 +185,31 @@ def test_report_without_bench_and_bad_run_folders(lineage_run, tmp_path):
     (run / "lineage.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="schema version"):
         write_report(run)
+
+
+def test_exports_and_an_int8_warning_are_on_the_page(lineage_run, tmp_path, capsys):
+    warning = "int8 (s8s8_full) test top-1 0.6100 is 7.0 points below fp32 0.6800; try another --int8-mode"
+    exports = [
+        {"name": "ancestor", "generation": 0, "bytes": 2_900_000, "max_abs_diff": 2e-6, "real_max_abs_diff": 3e-6,
+         "real_top1_agreement": 1.0},
+        {"name": "squishednet-1", "generation": 1, "bytes": 2_400_000, "max_abs_diff": 1e-6,
+         "real_max_abs_diff": 2e-6, "real_top1_agreement": 1.0, "int8_bytes": 700_000, "int8_mode": "s8s8_full",
+         "fp32_test_top1": 0.68, "int8_test_top1": 0.61, "int8_speedup": 1.31, "int8_warning": warning},
+    ]
+    page = write_report(lineage_run, tmp_path / "rep", exports=exports)["html"].read_text()
+    assert 'id="exports"' in page and "squishednet-1" in page and "61.0%" in page and "1.31×" in page
+    assert page.count(warning) == 1
+    assert 'id="exports"' not in write_report(lineage_run, tmp_path / "bare")["html"].read_text()
+    # The CLI takes the main job's export.json beside the evolve folder, or a named one.
+    run = tmp_path / "job"
+    shutil.copytree(lineage_run, run / "evolve")
+    (run / "export").mkdir()
+    (run / "export" / "export.json").write_text(json.dumps(exports))
+    assert main(["report", str(run / "evolve")]) == 0
+    assert warning in (run / "evolve" / "report" / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["report", str(run / "evolve"), "--exports", str(tmp_path / "missing.json")]) == 2
+    assert "--exports" in capsys.readouterr().err
 
 
 def _chromium():

@@ -18,9 +18,9 @@ from .bench import BenchConfig, bench_target
 from .checkpoint import load_checkpoint, resolve_checkpoint, resolve_genome
 from .config import add_options, flag_values, resolve
 from .data import make_imagenet10
-from .errors import SquishedError
+from .errors import ConfigError, SquishedError
 from .evolve import INHERITED, EvolveConfig, evolve
-from .export import export_checkpoint
+from .export import INT8_MODES, export_checkpoint
 from .genome import list_genomes
 from .metrics import profile
 from .pipeline import PRESETS, RUN_FLAGS, RUN_SKIP, RunConfig, run_all
@@ -101,7 +101,7 @@ def _parsers(sub: Any) -> None:
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", help="file to write (default: CHECKPOINT/model.onnx)")
     p.add_argument("--int8", action="store_true", help="also static int8, calibrated on real training images")
-    p.add_argument("--int8-mode", choices=["reduce_range", "u8u8", "s8s8_full"], default="reduce_range",
+    p.add_argument("--int8-mode", choices=sorted(INT8_MODES), default="reduce_range",
                    help="int8 scheme (reduce_range holds on AVX2 CPUs without VNNI)")
     p.add_argument("--data", help="data for the checks and int8 calibration (default: the checkpoint's)")
     p.add_argument("--image-size", type=int)
@@ -110,6 +110,8 @@ def _parsers(sub: Any) -> None:
     p = sub.add_parser("report", help="Table 1, CSV/JSON and an HTML page with plots for an evolve run")
     p.add_argument("run", help="evolve run folder")
     p.add_argument("--out", help="folder for the report (default RUN/report)")
+    p.add_argument("--exports", help="the main job's export.json, to show the exported files and int8 figures "
+                                     "(default: RUN/../export/export.json when RUN is a run folder's evolve/)")
 
     p = sub.add_parser("run", help="the whole job: ancestor, evolution, benchmark, report, export")
     p.add_argument("--out", default="runs/main", help="run folder; the same command resumes it (default runs/main)")
@@ -245,7 +247,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    paths = write_report(a.run, a.out)
+    exports = Path(a.exports) if a.exports else Path(a.run).resolve().parent / "export" / "export.json"
+    if a.exports and not exports.is_file():
+        raise ConfigError(f"--exports {exports} is not a file; pass the export.json that 'squishednets run' wrote")
+    paths = write_report(a.run, a.out, exports=json.loads(exports.read_text()) if exports.is_file() else None)
     print(Path(paths["markdown"]).read_text())
     print(f"HTML report: {paths['html']}")
     return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .io import read_json_object
 
 __all__ = ["option", "to_dict", "from_dict", "changes", "apply", "resolve", "add_options", "resume_diff",
            "flag_values", "OFF"]
@@ -151,13 +152,7 @@ def _read_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist or is not a file")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {p} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a JSON object")
-    return data
+    return read_json_object(p, ConfigError, "write the configuration as one JSON object, nested like the options")
 
 
 def resolve(cls: type[T], config_file: str | Path | None = None, preset: T | None = None,

@@ -17,10 +17,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import StorageError
+from .errors import SquishedError, StorageError
 
 __all__ = ["atomic_write_file", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir",
-           "recover_dir"]
+           "recover_dir", "read_json_object"]
 
 # Errors the user fixes by making room or writing elsewhere, not by changing
 # the command: each with the words and the fix its message gives.
@@ -106,6 +106,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json_object(path: str | Path, error: type[SquishedError], fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else raises ``error`` with a
+    one-line message naming the file and ending in ``fix``."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(d, dict):
+        raise error(f"{path} does not hold a JSON object; {fix}")
+    return d
 
 
 def atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> None:

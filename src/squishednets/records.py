@@ -13,13 +13,12 @@ choice used.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json_object
 from .metrics import SQUEEZENET11_MB
 
 __all__ = ["SCHEMA_VERSION", "SELECTED_BY", "Candidate", "GenerationRecord", "Lineage", "LINEAGE_FILE"]
@@ -129,11 +128,8 @@ class Lineage:
         path = Path(run) / LINEAGE_FILE
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; pass an evolve run folder (it holds lineage.json)")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is not valid JSON ({e}); re-run the evolve stage") from None
-        version = d.get("schema_version") if isinstance(d, dict) else None
+        d = read_json_object(path, CheckpointError, "re-run the evolve stage")
+        version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise CheckpointError(f"{path} has schema version {version}, this squishednets reads {SCHEMA_VERSION}; "
                                   "re-run the evolve stage into a new folder with this version")

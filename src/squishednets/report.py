@@ -40,7 +40,7 @@ from .metrics import ALEXNET_MB, SQUEEZENET11_MB
 from .records import LINEAGE_FILE, SELECTED_BY, GenerationRecord, Lineage
 
 __all__ = ["PaperRow", "PAPER_TABLE1", "PAPER_SETTING", "SELECTION_LINE", "TableRow", "pareto_front",
-           "choose_squishednets", "build_table", "filters_kept", "write_report"]
+           "choose_squishednets", "build_table", "filters_kept", "draw_filters_kept", "figure_png", "write_report"]
 
 # How the report names SquishedNet-1…4 (shown on the page as written here).
 CHOICE_RULE = ("Among the evolved generations (the ancestor excluded), keep the Pareto-optimal ones (no other "
@@ -260,7 +260,8 @@ def filters_kept(run: str | Path, generations: Sequence[GenerationRecord]) -> di
 
 
 # -- plots ----------------------------------------------------------------------
-def _png(fig: Any) -> str:
+def figure_png(fig: Any) -> str:
+    """``fig`` as base64 PNG (for an HTML page; decoded again for the PNG files), closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -296,7 +297,7 @@ def _plot_top1(plt: Any, gens: list[GenerationRecord], chosen: list[GenerationRe
     ax.plot([r.size_mb for r in paper], [r.test_top1 * 100 for r in paper], "s--", color="tab:gray",
             label="paper (ImageNet-10, 224 px)")
     _finish(ax, "model size (MB, fp32, log scale)", "top-1 (%)", "Top-1 against size", logx=True)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _plot_speed(plt: Any, gens: list[GenerationRecord], bench: _Bench) -> str:
@@ -310,16 +311,18 @@ def _plot_speed(plt: Any, gens: list[GenerationRecord], bench: _Bench) -> str:
             ax.plot(*zip(*pts), "o-", label=label)
     _finish(ax, "model size (MB, log scale)", "images/s at batch 32 (this machine)",
             "Speed against size" + ("" if any_speed else " (not benchmarked)"), legend=any_speed, logx=True)
-    return _png(fig)
+    return figure_png(fig)
 
 
-def _plot_heatmap(plt: Any, gens: list[GenerationRecord], kept: dict[str, list[int | None]]) -> str:
+def draw_filters_kept(fig: Any, ax: Any, gens: Sequence[GenerationRecord], kept: dict[str, list[int | None]]) -> None:
+    """The heat map of ``filters_kept`` (fraction of the ancestor's filters,
+    layers down, generations across) on ``ax``; ``analyze`` draws it beside
+    each layer's importance."""
     names = list(kept)
     mat = np.array([[np.nan if w is None else w for w in kept[n]] for n in names], dtype=float)
     ancestor = mat[:, :1]
     # A layer the ancestor has no filters in (an empty expand branch) has nothing to keep: left blank.
     rel = np.divide(mat, ancestor, out=np.full_like(mat, np.nan), where=ancestor > 0)
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(gens) + 2.5), 0.2 * len(names) + 1.8))
     im = ax.imshow(rel, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7)
@@ -328,7 +331,12 @@ def _plot_heatmap(plt: Any, gens: list[GenerationRecord], kept: dict[str, list[i
     ax.set_xlabel("generation")
     ax.set_title("Filters kept per layer (fraction of the ancestor's)")
     fig.colorbar(im, ax=ax, fraction=0.03)
-    return _png(fig)
+
+
+def _plot_heatmap(plt: Any, gens: list[GenerationRecord], kept: dict[str, list[int | None]]) -> str:
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.32 * len(gens) + 2.5), 0.2 * len(kept) + 1.8))
+    draw_filters_kept(fig, ax, gens, kept)
+    return figure_png(fig)
 
 
 def _plot_training(plt: Any, gens: list[GenerationRecord]) -> str:
@@ -341,7 +349,7 @@ def _plot_training(plt: Any, gens: list[GenerationRecord]) -> str:
                     color=cmap(g.generation / max(1, last)),
                     label=f"gen {g.generation}" if g.generation in (0, last) else None)
     _finish(ax, "epoch (within its generation)", "training loss", "Training curves (colour: generation)")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _plots(lineage: Lineage, bench: _Bench, chosen: list[GenerationRecord],
@@ -369,6 +377,7 @@ tr.chosen td {{ font-weight: 600; }}
 figure {{ display: inline-block; margin: 0.5em; }}
 img {{ max-width: 100%; }}
 .small {{ font-size: 0.85em; color: #555; }}
+.warning {{ color: #a00; font-weight: 600; }}
 </style></head>
 <body data-images-ok="pending">
 <h1>SquishedNets report: {title}</h1>
@@ -384,6 +393,7 @@ img {{ max-width: 100%; }}
 <th>images/s (ORT, b32)</th><th>latency b1 (ms)</th></tr></thead><tbody>
 {lineage_rows}
 </tbody></table>
+{exports}
 <h2>Plots</h2>
 {figures}
 <script>
@@ -432,8 +442,32 @@ def _lineage_html(lineage: Lineage, bench: _Bench, chosen: list[GenerationRecord
     return head, "\n".join(tr(g) for g in lineage.generations)
 
 
+def _exports_html(exports: Sequence[dict[str, Any]] | None) -> str:
+    """The exported ONNX files: parity with PyTorch, and int8 where it was
+    measured; an int8 model more than a point below fp32 is named here as in
+    the export's warning line, so nobody ships it unawares."""
+    if not exports:
+        return ""
+    cells = []
+    for x in exports:
+        real = x.get("real_max_abs_diff")
+        int8 = [_fmt(x.get("int8_bytes") and x["int8_bytes"] / 1e6, ".3f"), _pct(x.get("fp32_test_top1")),
+                _pct(x.get("int8_test_top1")), _fmt(x.get("int8_speedup"), ".2f") + ("×" if "int8_speedup" in x else ""),
+                html.escape(x.get("int8_mode") or "—")]
+        cells.append([html.escape(x["name"]), str(x["generation"]), _fmt(x["bytes"] / 1e6, ".3f"),
+                      _fmt(x.get("max_abs_diff"), ".1e"), "—" if real is None else f"{real:.1e}",
+                      _pct(x.get("real_top1_agreement")), *int8])
+    rows = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells)
+    warns = "".join(f'<p class="note warning">{html.escape(x["int8_warning"])} ({html.escape(x["name"])})</p>'
+                    for x in exports if x.get("int8_warning"))
+    head = ("Model", "Generation", "ONNX (MB)", "max |diff| noise", "max |diff| real", "top-1 agreement",
+            "int8 ONNX (MB)", "fp32 test top-1 (ORT)", "int8 test top-1 (ORT)", "int8 speed-up (b32)", "int8 mode")
+    return ('<h2>Exports</h2>\n<table id="exports"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
+            + f"</tr></thead><tbody>\n{rows}\n</tbody></table>\n{warns}")
+
+
 def _page(title: str, rows: list[TableRow], lineage: Lineage, bench: _Bench, chosen: list[GenerationRecord],
-          figs: dict[str, str]) -> str:
+          figs: dict[str, str], exports: Sequence[dict[str, Any]] | None = None) -> str:
     sparse_head, lineage_rows = _lineage_html(lineage, bench, chosen)
     figures = "\n".join(
         f'<figure><img id="{k}" alt="{_CAPTIONS[k]}" src="data:image/png;base64,{v}"><figcaption>{_CAPTIONS[k]}'
@@ -441,7 +475,8 @@ def _page(title: str, rows: list[TableRow], lineage: Lineage, bench: _Bench, cho
     return _HTML.format(
         title=html.escape(title), head="".join(f"<th>{html.escape(h)}</th>" for h in _HEADER),
         rows=_table1_html(rows), notes="\n".join(f'<p class="note">{html.escape(n)}</p>' for n in _notes(rows)),
-        rule=html.escape(_rule()), sparse_head=sparse_head, lineage_rows=lineage_rows, figures=figures)
+        rule=html.escape(_rule()), sparse_head=sparse_head, lineage_rows=lineage_rows, figures=figures,
+        exports=_exports_html(exports))
 
 
 # -- writing ------------------------------------------------------------------------
@@ -475,10 +510,13 @@ def _json_doc(title: str, lineage: Lineage, rows: list[TableRow], kept: dict[str
     }
 
 
-def write_report(run: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+def write_report(run: str | Path, out: str | Path | None = None,
+                 exports: Sequence[dict[str, Any]] | None = None) -> dict[str, Path]:
     """Write table1.md, table1.csv, table1.json, the plots as PNG and
     report.html for an evolve run folder (``out`` defaults to ``RUN/report``);
-    ``RUN/bench.json``, when there, fills the speed column."""
+    ``RUN/bench.json``, when there, fills the speed column, and ``exports``
+    (the main job's export.json entries) add the exported files, with int8
+    accuracy and any int8 warning when it was measured."""
     run = Path(run)
     lineage, bench_doc = _load(run)
     bench = _Bench.from_doc(bench_doc)
@@ -493,6 +531,6 @@ def write_report(run: str | Path, out: str | Path | None = None) -> dict[str, Pa
     figs = _plots(lineage, bench, chosen, kept)
     for name, b64 in figs.items():  # also as files, for READMEs and slides
         atomic_write_bytes(out / f"{name}.png", base64.b64decode(b64))
-    atomic_write_text(out / "report.html", _page(run.name, rows, lineage, bench, chosen, figs))
+    atomic_write_text(out / "report.html", _page(run.name, rows, lineage, bench, chosen, figs, exports))
     return {"markdown": out / "table1.md", "csv": out / "table1.csv", "json": out / "table1.json",
             "html": out / "report.html"}

@@ -12,7 +12,6 @@ folder can be moved and still resumes.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 from .config import resume_diff, to_dict
 from .errors import ConfigError
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json_object
 
 __all__ = ["RunDir", "CONFIG_VERSION", "CONFIG_FILE"]
 
@@ -98,10 +97,4 @@ class RunDir:
 
 
 def _read(f: Path) -> dict[str, Any]:
-    try:
-        d = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{f} is not valid JSON ({e}); choose a new folder") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{f} is not a run configuration; choose a new folder")
-    return d
+    return read_json_object(f, ConfigError, "it is not a run configuration; choose a new folder")
