@@ -46,10 +46,10 @@ def bare_loop(steps: int, batch: int, size: int) -> float:
 
 def trainer(train, size: int, batch: int, images: int) -> float:
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:images]
-    cfg = TrainConfig(image_size=size, epochs=2, batch_size=batch, lr=0.05, threads=2, eval_every=0)
+    cfg = TrainConfig(image_size=size, epochs=2, batch_size=batch, lr=0.05, threads=2, eval_every=None)
     torch.manual_seed(0)
     model = build(get_genome("squeezenet1_1", 10, batchnorm=True))
-    res = fit(model, train.images[idx], train.labels[idx], cfg, progress=False)
+    res = fit(model, (train.images[idx], train.labels[idx]), cfg, desc=None)
     return res["history"][-1]["img_s"]  # the second epoch: warm
 
 

@@ -262,7 +262,7 @@ def filters_kept(run: str | Path, generations: Sequence[GenerationRecord]) -> di
 # -- plots ----------------------------------------------------------------------
 def figure_png(fig: Any) -> str:
     """``fig`` as base64 PNG (for an HTML page; decoded again for the PNG files), closed."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when a picture is drawn
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -354,6 +354,8 @@ def _plot_training(plt: Any, gens: list[GenerationRecord]) -> str:
 
 def _plots(lineage: Lineage, bench: _Bench, chosen: list[GenerationRecord],
            kept: dict[str, list[int | None]]) -> dict[str, str]:
+    # matplotlib is heavy (about a second to import): only the pictures need it,
+    # and the headless Agg backend must be chosen before pyplot is imported.
     import matplotlib
 
     matplotlib.use("Agg")
