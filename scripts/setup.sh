@@ -13,6 +13,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q torch==2.13.0
 fi
 extra=${1:-}
-if ! .venv/bin/python -c "import squishednets, onnxruntime, safetensors, matplotlib, tqdm${extra:+, pytest}" 2>/dev/null; then
+modules="squishednets, onnxruntime, safetensors, matplotlib, tqdm"
+# The extras' own imports: test needs pytest and captum (the analyze pictures' tests), analyze needs captum.
+case "$extra" in
+  test) modules="$modules, pytest, captum" ;;
+  analyze) modules="$modules, captum" ;;
+esac
+if ! .venv/bin/python -c "import $modules" 2>/dev/null; then
   .venv/bin/pip install -q -e ".${extra:+[$extra]}"
 fi

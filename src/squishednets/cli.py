@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .analysis import AnalyzeConfig
+from .analyze import analyze_target, summary
 from .bench import BenchConfig, bench_target
 from .checkpoint import load_checkpoint, resolve_checkpoint, resolve_genome
 from .config import add_options, flag_values, resolve
@@ -43,6 +45,15 @@ def _config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON file with defaults for any of these options (nested like the "
                                     "configuration); explicit flags override it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _analyze_parser(sub: Any) -> None:
+    p = sub.add_parser("analyze", help="each layer's role in figures and pictures; for a lineage, what evolution did")
+    p.add_argument("target", help="checkpoint (or train run) folder, evolve run folder or run folder")
+    add_options(p, AnalyzeConfig)
+    p.add_argument("--out", help="folder for analysis.json, analysis.html and the PNGs (default TARGET/analyze)")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
+    _config_option(p)
 
 
 def _parsers(sub: Any) -> None:
@@ -112,6 +123,8 @@ def _parsers(sub: Any) -> None:
     p.add_argument("--out", help="folder for the report (default RUN/report)")
     p.add_argument("--exports", help="the main job's export.json, to show the exported files and int8 figures "
                                      "(default: RUN/../export/export.json when RUN is a run folder's evolve/)")
+
+    _analyze_parser(sub)
 
     p = sub.add_parser("run", help="the whole job: ancestor, evolution, benchmark, report, export")
     p.add_argument("--out", default="runs/main", help="run folder; the same command resumes it (default runs/main)")
@@ -256,6 +269,16 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(a: argparse.Namespace) -> int:
+    cfg = resolve(AnalyzeConfig, a.config, flags=flag_values(a))
+    doc = analyze_target(a.target, cfg, a.out, progress=not (a.no_progress or a.json))
+    if a.json:
+        _emit(doc)
+        return 0
+    print(summary(doc))
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     cfg = resolve(RunConfig, a.config, preset=PRESETS[a.preset], flags=flag_values(a))
     run_all(cfg, a.out, say=lambda s: print(s, flush=True), progress=not a.no_progress)
@@ -264,7 +287,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
             "data": cmd_data, "evolve": cmd_evolve, "bench": cmd_bench, "export": cmd_export, "report": cmd_report,
-            "run": cmd_run}
+            "analyze": cmd_analyze, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,10 +42,15 @@ def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
     return {f: f in have for f in CPU_FLAGS}
 
 
-def session(path: str | Path, threads: int = 0):
+def session(path: str | Path, threads: int = 0, profile: str | Path | None = None):
     """An ``onnxruntime.InferenceSession`` for ``path`` on the CPU with
-    ``threads`` intra-op threads (0: ONNX Runtime's default, one per core)."""
+    ``threads`` intra-op threads (0: ONNX Runtime's default, one per core).
+    With ``profile`` (a file prefix) ONNX Runtime's profiler records every
+    node's time; ``end_profiling()`` returns the JSON file's path."""
     so = ort.SessionOptions()
+    if profile is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile)
     # Intra-op threads are the parallelism we measure and report: the thread
     # count of the run, as torch gets through torch.set_num_threads.
     so.intra_op_num_threads = threads
