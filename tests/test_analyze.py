@@ -16,7 +16,7 @@ from conftest import make_folder
 from squishednets.analysis import (AnalyzeConfig, _Moments, activation_stats, analyze_model, effective_rank,
                                    matrix_effective_rank, receptive_fields, spearman, spearman_p, stage_chain)
 from squishednets.analyze import analyze_target, resolve_target
-from squishednets.checkpoint import save_checkpoint
+from squishednets.checkpoint import load_checkpoint, save_checkpoint
 from squishednets.cli import main
 from squishednets.errors import ConfigError, DataError
 from squishednets.genome import FireSpec, Genome, StemSpec, get_genome, squeezenet_design
@@ -104,7 +104,7 @@ def test_metrics_on_a_hand_built_network():
     assert acts["conv1"]["channel_apoz"][0] == 1.0  # the dead filter never fires
     a = analyze_model(model, images, labels, cfg)
     conv1, squeeze = a.layer("conv1"), a.layer("fire2.squeeze")
-    assert conv1.filter_drops[0] == 0.0  # ... and removing it changes nothing
+    assert conv1.filter_drops[0] == 0.0 and conv1.filter_drops_se[0] == 0.0  # ... and removing it changes nothing
     assert conv1.dead_channel_share >= 0.25 and conv1.dead_weight_share >= 0.25
     assert squeeze.weight_effective_rank == pytest.approx(4) and squeeze.weight_rank_limit == 4
     assert [s.fraction for s in squeeze.sensitivity] == [0.25, 1.0]
@@ -138,7 +138,10 @@ def test_any_genome(genome):
     a = analyze_model(build(genome).eval(), images, labels, AnalyzeConfig(images=6, per_filter_max=None, **FAST))
     assert [la.layer for la in a.layers] == [u.name for u in genome.units()]
     shares = {la.strength_3x3_share for la in a.layers if la.kind.startswith("expand")}
-    assert shares == ({1.0} if genome.name == "all3x3" else {0.0} if genome.name == "all1x1" else shares)
+    if genome.name in ("all3x3", "all1x1"):
+        assert shares == ({1.0} if genome.name == "all3x3" else {0.0})
+    else:  # both kinds present: each Fire splits its strength between them
+        assert all(0 < x < 1 for x in shares)
     assert len(a.fires) == len(genome.fires)
 
 
@@ -155,7 +158,7 @@ def lineage_run(tmp_path_factory):
     data = make_folder(root / "data", size=SIZE)
     ancestor = get_genome("squeezenet1_1", 3).scaled(0.125).replace(batchnorm=True)
     run, records = root / "ev", []
-    for g, f in enumerate((1.0, 0.75, 0.5)):
+    for g, f in enumerate((1.0, 0.75, 0.6)):  # 0.6: layers keep unequal shares once rounded
         genome = ancestor.with_widths([max(1, round(w * f)) for w in ancestor.widths()])
         _checkpoint(run / f"gen_{g:02d}" / "model", data, genome)
         prof = profile(genome, SIZE)
@@ -192,6 +195,12 @@ def test_analyze_a_lineage(lineage_run, tmp_path):
     assert lin["generations"] == [0, 1, 2] and lin["filters_kept"]["conv1"][0] == 8
     rows = lin["layers"]
     assert "conv10" not in [r["layer"] for r in rows] and lin["spearman_layers"] == len(rows)
+    # Kept fractions paired with the right layers, from the two genomes themselves.
+    first, last = (load_checkpoint(lineage_run / g.path).genome.units() for g in
+                   (Lineage.load(lineage_run).generations[0], Lineage.load(lineage_run).generations[-1]))
+    want = {a.name: b.cout / a.cout for a, b in zip(first, last) if a.kind != "classifier"}
+    assert {r["layer"]: r["kept_fraction"] for r in rows} == pytest.approx(want)
+    assert len(set(want.values())) > 1  # the test lineage shrinks layers unevenly: a mix-up would show
     expected = spearman([r["importance"] for r in rows], [r["kept_fraction"] for r in rows])
     assert lin["spearman_importance_vs_kept"] == expected
     assert (tmp_path / "l" / "lineage.png").exists()
@@ -235,3 +244,14 @@ def test_analysis_page_renders_in_a_real_browser(lineage_run, tmp_path):
     assert pictures.group(1) == pictures.group(2) == str(len(doc["files"]) - 2)
     assert dom.count("<tr") >= 1 + len(doc["layers"]) and "Spearman" in dom
     assert "bottleneck" in dom or "redundant" in dom
+
+
+def test_too_few_images_for_the_folds_and_too_small_images_are_one_line_errors(lineage_run, tmp_path, capsys):
+    ck = str(lineage_run / "gen_00" / "model")
+    base = ["analyze", ck, "--no-pictures", "--threads", "1", "--no-progress"]
+    assert main(base + ["--folds", "50", "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than --folds 50" in err and err.count("\n") == 1 and not (tmp_path / "f").exists()
+    assert main(base + ["--split", "test", "--image-size", "16", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "too small for this genome" in err and err.count("\n") == 1

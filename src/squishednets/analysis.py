@@ -84,7 +84,8 @@ DEFINITIONS = {
                           "mean output activation.",
     "ablation": "Filters zeroed (weights and bias) in the BN-folded network, weakest L1 first, at each fraction; "
                 "ablation_drop is the mean top-1 drop over the fractions (the area under the sensitivity curve). "
-                "filter_drops: one filter zeroed at a time, in layers with at most per_filter_max filters.",
+                "filter_drops: one filter zeroed at a time, in layers with at most per_filter_max filters, "
+                "with filter_drops_se over the same folds.",
     "role": "A squeeze layer is a bottleneck when it has fewer channels than the effective rank of its input "
             "(it must compress what arrives), else redundant (more channels than the information arriving).",
     "bypass": "A Fire module replaced by the identity where its input and output channels agree.",
@@ -185,6 +186,7 @@ class LayerAnalysis:
     ablation_drop: float
     ablation_drop_se: float
     filter_drops: tuple[float, ...] | None
+    filter_drops_se: tuple[float, ...] | None = None  # each over the folds, as ablation_drop_se
 
 
 @dataclass(frozen=True)
@@ -591,12 +593,14 @@ def _importance(base: np.ndarray, trials: list[_Trial], correct: np.ndarray,
     out: dict[str, dict[str, Any]] = {}
     for trial, row in zip(trials, correct):
         top1, drop, se = _drop(base, row, folds)
-        d = out.setdefault(trial.layer, {"sensitivity": [], "filter_drops": None, "rows": []})
+        d = out.setdefault(trial.layer, {"sensitivity": [], "filter_drops": None, "filter_drops_se": None,
+                                         "rows": []})
         if trial.what == "fraction":
             d["sensitivity"].append(Sensitivity(trial.value, len(trial.filters), top1, drop, se))
             d["rows"].append(row)
         elif trial.what == "filter":
             d["filter_drops"] = (d["filter_drops"] or ()) + (drop,)
+            d["filter_drops_se"] = (d["filter_drops_se"] or ()) + (se,)
         else:
             d["bypass"] = (drop, se)
     for d in out.values():
@@ -620,7 +624,8 @@ def _layer_record(u: Unit, info: Any, totals: Any, rf: tuple[int, int], time_ms:
         apoz=a["apoz"], dead_channel_share=a["dead_channel_share"], act_mean=a["act_mean"], act_var=a["act_var"],
         effective_rank=a["effective_rank"], input_effective_rank=a.get("input_effective_rank"),
         sensitivity=tuple(imp["sensitivity"]), ablation_drop=imp["ablation_drop"],
-        ablation_drop_se=imp["ablation_drop_se"], filter_drops=imp["filter_drops"])
+        ablation_drop_se=imp["ablation_drop_se"], filter_drops=imp["filter_drops"],
+        filter_drops_se=imp["filter_drops_se"])
 
 
 def _fire_records(units: tuple[Unit, ...], layers: tuple[LayerAnalysis, ...],
@@ -643,7 +648,10 @@ def analyze_model(model: SqueezeNet, images: torch.Tensor, labels: torch.Tensor,
     (uint8, at the size they hold) with ``labels``."""
     folded = fold_batchnorm(model).eval()
     genome, size = folded.genome, int(images.shape[-1])
-    units = genome.units(size)
+    try:
+        units = genome.units(size)
+    except ValueError as e:  # a map shrinks to nothing before conv10
+        raise ConfigError(f"images of {size} px are too small for this genome ({e}); pass a larger --image-size") from None
     prof = profile(genome, size)
     weights = weight_stats(folded, units, cfg.dead_ratio)
     acts = activation_stats(folded, units, images, cfg.batch_size, progress)

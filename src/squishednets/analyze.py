@@ -99,6 +99,10 @@ def analysis_images(ck: Checkpoint, cfg: AnalyzeConfig,
                         "pass --data with the same class folders")
     if len(s) == 0:
         raise DataError(f"the {cfg.split} split of {root} holds no images; pass --data with images")
+    if len(s) < cfg.folds:
+        # Error bars come from disjoint folds: an empty fold would make them NaN.
+        raise DataError(f"the {cfg.split} split of {root} holds {len(s)} images, fewer than --folds {cfg.folds}; "
+                        f"pass --folds {max(2, len(s))} or more images")
     idx = torch.arange(len(s))
     if len(s) > cfg.images:
         idx = torch.randperm(len(s), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.images].sort().values
@@ -136,9 +140,8 @@ def lineage_comparison(evolve: Path, analysis: Analysis, seed: int = 0) -> dict[
 
 # -- pictures ----------------------------------------------------------------------------
 def _check_extras() -> None:
-    try:  # the pictures' optional extras, checked before minutes of measuring
+    try:  # the pictures' optional extra, checked before minutes of measuring
         import captum  # noqa: F401
-        import matplotlib  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"analyze draws its pictures with {e.name}, which is not installed; {EXTRA_HINT}") from None
 

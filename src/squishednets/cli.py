@@ -51,7 +51,8 @@ def _analyze_parser(sub: Any) -> None:
     p = sub.add_parser("analyze", help="each layer's role in figures and pictures; for a lineage, what evolution did")
     p.add_argument("target", help="checkpoint (or train run) folder, evolve run folder or run folder")
     add_options(p, AnalyzeConfig)
-    p.add_argument("--out", help="folder for analysis.json, analysis.html and the PNGs (default TARGET/analyze)")
+    p.add_argument("--out", help="folder for analysis.json, analysis.html and the PNGs (default TARGET/analyze; "
+                                   "beside TARGET when it is a checkpoint folder itself)")
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
     _config_option(p)
 
