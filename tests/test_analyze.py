@@ -87,6 +87,14 @@ def test_receptive_fields_and_resolution_of_squeezenet11():
     assert rf["fire9.expand3x3"] == (207, 16) and rf["conv10"] == (207, 16)
 
 
+def test_receptive_fields_of_a_depthwise_branch():
+    """The depthwise 3x3 widens the field as a dense 3x3 would; its pointwise 1x1 keeps it."""
+    rf = receptive_fields(get_genome("squeezenet1_1", 10).replace(depthwise=True, groups=2))
+    assert rf["fire2.squeeze"] == (7, 4)
+    assert rf["fire2.expand3x3_dw"] == rf["fire2.expand3x3"] == (15, 4) and rf["fire2.expand1x1"] == (7, 4)
+    assert rf["fire9.expand3x3"] == (207, 16) and rf["conv10"] == (207, 16)
+
+
 def test_stage_chain_is_the_forward_pass():
     model = fold_batchnorm(build(get_genome("squeezenet1_1", 5).scaled(0.125).replace(batchnorm=True)))
     x = torch.randn(3, 3, SIZE, SIZE)
@@ -132,6 +140,8 @@ def test_per_layer_costs_sum_to_the_closed_form_totals():
     squeezenet_design(pct3x3=1.0, width_multiplier=0.125, num_classes=3, batchnorm=True, name="all3x3"),
     squeezenet_design(pct3x3=0.0, sr=0.25, width_multiplier=0.125, num_classes=5, name="all1x1"),
     get_genome("squeezenet1_0", 4).scaled(0.1),
+    squeezenet_design(width_multiplier=0.125, num_classes=3, groups=2, depthwise=True, batchnorm=True,
+                      pool_strategy="even", name="grouped_depthwise"),
 ], ids=lambda g: g.name)
 def test_any_genome(genome):
     images, labels = _images(6, genome.num_classes)

@@ -5,7 +5,7 @@ sets out to justify SqueezeNet's three strategies quantitatively: 1x1 filters
 in place of 3x3 ones, squeeze layers that cut the input channels of the 3x3
 filters, and late downsampling. This module measures, for every convolution
 of a trained network (``Genome.units``: conv1, each Fire's squeeze /
-expand1x1 / expand3x3, conv10):
+expand1x1 / expand3x3, with ``depthwise`` also expand3x3_dw, conv10):
 
 - structure: channels, kernel, parameters, MACs and output activations
   (``metrics.profile``, so they sum to the closed-form totals), the share of
@@ -80,8 +80,9 @@ DEFINITIONS = {
             "a layer's APoZ is the mean over its channels; a dead channel has APoZ >= 0.99.",
     "near_dead": "A filter whose L1 norm (BN folded) is below dead_ratio x the layer's median filter L1.",
     "strength_3x3_share": "Per Fire: L1 of the expand3x3 filters / L1 of all expand filters (BN folded); a 3x3 "
-                          "filter has 9x the weights of a 1x1 one. output_3x3_share: the same split of the Fire's "
-                          "mean output activation.",
+                          "filter has 9x the weights of a 1x1 one (with depthwise expand3x3, the branch's pointwise "
+                          "1x1 filters count). output_3x3_share: the same split of the Fire's mean output "
+                          "activation.",
     "ablation": "Filters zeroed (weights and bias) in the BN-folded network, weakest L1 first, at each fraction; "
                 "ablation_drop is the mean top-1 drop over the fractions (the area under the sensitivity curve). "
                 "filter_drops: one filter zeroed at a time, in layers with at most per_filter_max filters, "
@@ -529,7 +530,7 @@ def _unit_scopes(onnx_path: Path, units: tuple[Unit, ...]) -> dict[str, str]:
     scopes = {}
     for u in units:
         name = by_weight.get(f"{u.module}.conv.weight") or by_weight.get(f"{u.module}.weight") or ""
-        parts = name.rsplit("/", 2 if u.removable else 1)  # "/fires.0/squeeze/conv/Conv", "/conv10/Conv"
+        parts = name.rsplit("/", 2 if u.conv_unit else 1)  # "/fires.0/squeeze/conv/Conv", "/conv10/Conv"
         scopes[u.name] = parts[0] + "/" if len(parts) > 1 and parts[0] else "\0"
     return scopes
 

@@ -8,17 +8,32 @@ whether BatchNorm follows each convolution. ``model.build`` turns it into an
 genomes from bigger ones.
 
 ``Genome.units`` lists the genome's convolutions (conv1, each Fire's
-squeeze / expand1x1 / expand3x3, conv10) with their channels, kernels and,
-for an image size, their pixels: the one source of layer names (display
-names such as ``fire2.squeeze``, and the module paths of ``model.build``'s
-network such as ``fires.0.squeeze``) for the cost model in ``metrics``,
-synthesis and the report.
+squeeze / expand1x1 / expand3x3, conv10) with their channels, kernels,
+groups and, for an image size, their pixels: the one source of layer names
+(display names such as ``fire2.squeeze``, and the module paths of
+``model.build``'s network such as ``fires.0.squeeze``) for the cost model in
+``metrics``, synthesis and the report.
+
+Two genome-wide options factorise the Fire modules (small-DNN playbook,
+sections 5.6-5.7); both are off by default, so a genome without them is the
+dense SqueezeNet it always was:
+
+- ``depthwise``: each Fire's expand3x3 branch is a 3x3 depthwise convolution
+  over the squeeze output (one filter per channel, the unit
+  ``fireN.expand3x3_dw``) followed by a 1x1 pointwise convolution to the
+  expand3x3 width (the unit ``fireN.expand3x3``), as in MobileNets (5.6);
+- ``groups``: the Fire's 1x1 convolutions (squeeze, expand1x1 and, with
+  ``depthwise``, the pointwise one) are split into that many groups, and a
+  channel shuffle follows the squeeze so that the grouped expands read every
+  group of it, as in ShuffleNet (5.7). conv1, conv10 and a dense 3x3 expand
+  are never grouped.
 
 Also here: the registry of named genomes (SqueezeNet v1.0 and v1.1 as
 published, torchvision's layout), the few-class modification of section 2 of
 the SquishedNets paper (conv10 becomes N 1x1 filters), SqueezeNet's
 metaparameter generator (base_e, incr_e, pct3x3, freq, SR; section 5 of the
-SqueezeNet paper and section 5.3-5.4 of the small-DNN playbook) and the two
+SqueezeNet paper and section 5.3-5.4 of the small-DNN playbook), the placement
+of its pools (``pool_positions``, the playbook's section 5.5) and the two
 width-rounding rules (``make_divisible`` for designed widths, ``round_width``
 for the widths synthesis gives offspring).
 """
@@ -49,6 +64,8 @@ __all__ = [
     "get_genome",
     "list_genomes",
     "squeezenet_design",
+    "POOL_STRATEGIES",
+    "pool_positions",
     "load_genome_file",
     "round_widths",
 ]
@@ -177,12 +194,19 @@ class Unit:
     the last Fire for conv10. ``inputs`` are the modules whose outputs,
     concatenated in this order, the unit reads (none for conv1: the image).
     ``in_hw`` and ``out_hw`` are pixels per side, ``None`` without an image
-    size.
+    size. ``groups`` is the convolution's: 1 for a dense one, the genome's
+    ``groups`` for a grouped 1x1 one, ``cin`` for a depthwise one.
+
+    In a ``depthwise`` genome the expand3x3 branch is two units:
+    ``fireN.expand3x3_dw`` (kind "depthwise", 3x3, ``cout`` = ``cin`` =
+    the squeeze width) and ``fireN.expand3x3`` (kind "expand3x3", the 1x1
+    pointwise convolution to the branch's width, reading the depthwise unit).
     """
 
     name: str
     module: str
-    kind: str  # "conv" (conv1), "squeeze", "expand1x1", "expand3x3" or "classifier" (conv10)
+    # "conv" (conv1), "squeeze", "expand1x1", "depthwise", "expand3x3" or "classifier" (conv10)
+    kind: str
     stage: int
     cin: int
     cout: int
@@ -192,10 +216,19 @@ class Unit:
     inputs: tuple[str, ...]
     in_hw: int | None = None
     out_hw: int | None = None
+    groups: int = 1
 
     @property
     def removable(self) -> bool:
-        """Whether synthesis may remove filters (conv10's filters are the classes)."""
+        """Whether synthesis may remove filters: not conv10's (the classes),
+        nor a depthwise unit's, which has one filter per squeeze channel and
+        so the squeeze's width."""
+        return self.kind not in ("classifier", "depthwise")
+
+    @property
+    def conv_unit(self) -> bool:
+        """Whether ``model.build`` makes it a ``ConvUnit`` (convolution,
+        optional BatchNorm, ReLU): every unit but conv10, a plain convolution."""
         return self.kind != "classifier"
 
 
@@ -206,6 +239,10 @@ class Genome:
     ``pool_after`` lists where 3x3/2 max-pools sit: 0 means after conv1,
     i >= 1 means after the i-th Fire module (fire2 is i = 1, as in the
     paper's numbering fire2..fire9).
+
+    ``groups`` and ``depthwise`` factorise the Fire modules (see the module
+    docstring): every width a grouped convolution reads or writes must be a
+    multiple of ``groups``.
     """
 
     name: str
@@ -216,6 +253,8 @@ class Genome:
     dropout: float = 0.5
     batchnorm: bool = False
     in_channels: int = 3
+    groups: int = 1
+    depthwise: bool = False
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -248,6 +287,25 @@ class Genome:
             raise GenomeError(f"genome: dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.batchnorm, bool):
             raise GenomeError(f"genome: batchnorm must be true or false, got {self.batchnorm!r}")
+        if not isinstance(self.depthwise, bool):
+            raise GenomeError(f"genome: depthwise must be true or false, got {self.depthwise!r}")
+        _check_int("genome", "groups", self.groups, 1)
+        if self.groups > 1:
+            self._check_group_widths()
+
+    def _check_group_widths(self) -> None:
+        """A grouped convolution splits its inputs and its filters into
+        ``groups`` equal parts (and the shuffle after a squeeze its outputs)."""
+        g = self.groups
+        for u in self.units():
+            if u.groups == 1 or u.kind == "depthwise":
+                continue
+            for what, c in (("reads", u.cin), ("has", u.cout)):
+                if c % g:
+                    raise GenomeError(
+                        f"genome: groups={g} splits {u.name} into {g} groups, but it {what} {c} channels, not a "
+                        f"multiple of {g}; make every width a multiple of {g} (squeezenet_design(groups={g}) "
+                        f"rounds them; round_widths(dense, {g}).replace(groups={g}) rounds a dense genome's)")
 
     # -- derived --------------------------------------------------------------
     def fire_in_channels(self, i: int) -> int:
@@ -269,7 +327,8 @@ class Genome:
 
     def units(self, image_size: int | None = None) -> tuple[Unit, ...]:
         """Every convolution in network order: conv1, each Fire's squeeze,
-        expand1x1 and expand3x3 (an empty expand branch has no unit), conv10.
+        expand1x1 and expand3x3 (an empty expand branch has no unit; with
+        ``depthwise`` the 3x3 branch is expand3x3_dw then expand3x3), conv10.
 
         With ``image_size`` each unit also carries its input and output
         pixels (3x3/2 max-pools, ceil mode, after the ``pool_after``
@@ -281,11 +340,12 @@ class Genome:
         units: list[Unit] = []
 
         def add(name: str, module: str, kind: str, stage: int, cin: int, cout: int, kernel: int, stride: int,
-                inputs: tuple[str, ...], padding: int = 0) -> None:
+                inputs: tuple[str, ...], padding: int = 0, groups: int = 1) -> None:
             out_hw = None if hw is None else conv_out(hw, kernel, stride, padding)
             if out_hw is not None and out_hw < 1:
                 raise ValueError(f"input {image_size}px is too small: {name} would have no output pixels")
-            units.append(Unit(name, module, kind, stage, cin, cout, kernel, stride, padding, inputs, hw, out_hw))
+            units.append(Unit(name, module, kind, stage, cin, cout, kernel, stride, padding, inputs, hw, out_hw,
+                              groups))
 
         def after(stage: int) -> None:
             nonlocal hw
@@ -299,17 +359,25 @@ class Genome:
         add("conv1", "conv1", "conv", 0, self.in_channels, st.filters, st.kernel, st.stride, (), st.padding)
         after(0)
         prev: tuple[str, ...] = ("conv1",)
+        g = self.groups
         for i, f in enumerate(self.fires):
-            tag, path = _fire_name(i), f"fires.{i}"
-            add(f"{tag}.squeeze", f"{path}.squeeze", "squeeze", i + 1, self.fire_in_channels(i), f.squeeze, 1, 1,
-                prev)
-            prev = ()  # the Fire's output: its expands, concatenated
-            for role, width, kernel in (("expand1x1", f.expand1x1, 1), ("expand3x3", f.expand3x3, 3)):
-                if width:  # 3x3 pads by 1, so both expands keep the squeeze's pixels
-                    add(f"{tag}.{role}", f"{path}.{role}", role, i + 1, f.squeeze, width, kernel, 1,
-                        (f"{path}.squeeze",), kernel // 2)
-                    prev += (f"{path}.{role}",)
-            after(i + 1)
+            tag, path, stage = _fire_name(i), f"fires.{i}", i + 1
+            add(f"{tag}.squeeze", f"{path}.squeeze", "squeeze", stage, self.fire_in_channels(i), f.squeeze, 1, 1,
+                prev, groups=g)
+            sq = (f"{path}.squeeze",)  # with groups > 1 the expands read it channel-shuffled
+            if f.expand1x1:
+                add(f"{tag}.expand1x1", f"{path}.expand1x1", "expand1x1", stage, f.squeeze, f.expand1x1, 1, 1, sq,
+                    groups=g)
+            if f.expand3x3 and self.depthwise:  # pads by 1, so the branch keeps the squeeze's pixels
+                add(f"{tag}.expand3x3_dw", f"{path}.expand3x3_dw", "depthwise", stage, f.squeeze, f.squeeze, 3, 1,
+                    sq, padding=1, groups=f.squeeze)
+                add(f"{tag}.expand3x3", f"{path}.expand3x3", "expand3x3", stage, f.squeeze, f.expand3x3, 1, 1,
+                    (f"{path}.expand3x3_dw",), groups=g)
+            elif f.expand3x3:
+                add(f"{tag}.expand3x3", f"{path}.expand3x3", "expand3x3", stage, f.squeeze, f.expand3x3, 3, 1, sq,
+                    padding=1)
+            prev = tuple(f"{path}.{role}" for role in ("expand1x1", "expand3x3") if getattr(f, role))
+            after(stage)
         add("conv10", "conv10", "classifier", len(self.fires) + 1, self.final_channels, self.num_classes, 1, 1, prev)
         return tuple(units)
 
@@ -350,9 +418,11 @@ class Genome:
 
     def scaled(self, multiplier: float, divisor: int = 1) -> "Genome":
         """Width multiplier: every conv width times ``multiplier`` (rounded with
-        ``make_divisible``); conv10 keeps ``num_classes`` filters."""
+        ``make_divisible`` to multiples of ``divisor`` and of ``groups``);
+        conv10 keeps ``num_classes`` filters."""
         if multiplier <= 0:
             raise GenomeError(f"width multiplier must be > 0, got {multiplier}")
+        divisor = math.lcm(divisor, self.groups)
 
         def r(c: int) -> int:
             return 0 if c == 0 else make_divisible(c * multiplier, divisor)
@@ -376,6 +446,8 @@ class Genome:
             "pool_after": list(self.pool_after),
             "dropout": self.dropout,
             "batchnorm": self.batchnorm,
+            "groups": self.groups,
+            "depthwise": self.depthwise,
         }
 
     def to_json(self) -> str:
@@ -383,6 +455,8 @@ class Genome:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Genome":
+        """The inverse of ``to_dict``. Keys with defaults may be missing: a
+        genome written before ``groups`` and ``depthwise`` existed is dense."""
         if not isinstance(d, dict):
             raise GenomeError("genome JSON must be an object")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -512,6 +586,43 @@ def squeezenet1_1() -> Genome:
     )
 
 
+POOL_STRATEGIES = ("early", "even", "late")
+
+
+def pool_positions(strategy: str, num_fires: int) -> tuple[int, ...]:
+    """Where SqueezeNet's three 3x3/2 max-pools go (``Genome.pool_after``)
+    for ``num_fires`` Fire modules: downsampling placement, the small-DNN
+    playbook's section 5.5, which found that downsampling too early hurts
+    accuracy, too late costs compute, and evenly spaced pools suit SqueezeNet.
+
+    Every strategy pools after conv1, as both published versions do (conv1
+    runs at the image's resolution); n = ``num_fires``:
+
+    - "early": after Fire n//4 and n//2: (0, 2, 4) for 8 Fires, v1.1's
+      placement;
+    - "even": the n Fires and conv10 after the first pool split into three
+      equal runs at each resolution, pools after Fire round((n+1)/3) and
+      round(2(n+1)/3): (0, 3, 6) for 8 Fires;
+    - "late": after Fire n//2 - 1 and the last Fire but one: (0, 3, 7) for 8
+      Fires, v1.0's placement and ``squeezenet_design``'s default.
+
+    Positions that coincide with few Fire modules (fewer than 4 for "early"
+    and "late", fewer than 2 for "even") merge: such a design pools fewer
+    times.
+    """
+    _check_int("pool_positions", "num_fires", num_fires, 1)
+    n = num_fires
+    if strategy == "early":
+        raw = (0, n // 4, n // 2)
+    elif strategy == "even":  # k(n+1)/3 is never a tie, so (k(n+1) + 1) // 3 rounds it to nearest
+        raw = (0, (n + 2) // 3, (2 * n + 3) // 3)
+    elif strategy == "late":
+        raw = (0, n // 2 - 1, n - 1)
+    else:
+        raise GenomeError(f"pool strategy must be one of {', '.join(POOL_STRATEGIES)}, got {strategy!r}")
+    return tuple(sorted({max(0, p) for p in raw}))
+
+
 def squeezenet_design(
     base_e: int = 128,
     incr_e: int = 128,
@@ -526,14 +637,34 @@ def squeezenet_design(
     width_multiplier: float = 1.0,
     batchnorm: bool = False,
     name: str | None = None,
+    *,
+    stem_filters: int | None = None,
+    stem_kernel: int | None = None,
+    stem_stride: int | None = None,
+    stem_padding: int | None = None,
+    pool_strategy: str | None = None,
+    groups: int = 1,
+    depthwise: bool = False,
 ) -> Genome:
-    """SqueezeNet's metaparameters (SqueezeNet paper, section 5.1).
+    """SqueezeNet's metaparameters (SqueezeNet paper, section 5.1), and the
+    design-space axes of the small-DNN playbook (sections 5.3-5.7).
 
     Fire module i (0-based) has e_i = base_e + incr_e * floor(i / freq)
     expand filters, of which pct3x3 are 3x3, and s_i = SR * e_i squeeze
-    filters. The defaults give SqueezeNet v1.0's Fire widths. Without
-    ``pool_after``, pooling follows v1.0: after conv1, the middle Fire module
-    and the last one (downsampling late, the paper's strategy 3).
+    filters. The defaults give SqueezeNet v1.0's Fire widths.
+
+    The stem is ``stem`` as given, or built from ``stem_filters`` (default
+    96, v1.0's, scaled by ``width_multiplier`` like every width),
+    ``stem_kernel`` (7), ``stem_stride`` (2) and ``stem_padding`` (0, as
+    SqueezeNet; kernel // 2 keeps the image's size at stride 1); not both.
+
+    Pools sit at ``pool_after``, or where ``pool_strategy`` ("early", "even"
+    or "late", see ``pool_positions``) puts them; not both. Without either,
+    pooling follows v1.0: "late" (the paper's strategy 3).
+
+    ``groups`` and ``depthwise`` are the genome's (playbook 5.7 and 5.6):
+    every width is then rounded to a multiple of lcm(``divisor``,
+    ``groups``), so that each grouped convolution splits evenly.
     """
     for nm, v in (("base_e", base_e), ("incr_e", incr_e), ("freq", freq), ("num_fires", num_fires)):
         if isinstance(v, bool) or not isinstance(v, int):
@@ -544,6 +675,8 @@ def squeezenet_design(
         raise GenomeError(f"design: pct3x3 must be in [0, 1], got {pct3x3}")
     if not 0.0 < sr <= 1.0:
         raise GenomeError(f"design: SR (squeeze ratio) must be in (0, 1], got {sr}")
+    _check_int("design", "groups", groups, 1)
+    divisor = math.lcm(divisor, groups)  # one rounding rule for every width a grouped convolution touches
     fires = []
     for i in range(num_fires):
         e = (base_e + incr_e * (i // freq)) * width_multiplier
@@ -551,25 +684,52 @@ def squeezenet_design(
         e1 = 0 if pct3x3 == 1 else make_divisible(e * (1 - pct3x3), divisor)
         s = make_divisible(sr * e, divisor)
         fires.append(FireSpec(s, e1, e3))
-    if pool_after is None:
-        pool_after = tuple(sorted({0, max(0, num_fires // 2 - 1), num_fires - 1}))
-    stem = stem or StemSpec(filters=make_divisible(96 * width_multiplier, divisor), kernel=7, stride=2)
+    stem = _design_stem(stem, stem_filters, stem_kernel, stem_stride, stem_padding, width_multiplier, divisor)
     if name is None:
         name = f"design_b{base_e}_i{incr_e}_p{pct3x3:g}_f{freq}_sr{sr:g}"
+        name += (f"_g{groups}" if groups > 1 else "") + ("_dw" if depthwise else "")
     return Genome(
         name=name,
         num_classes=num_classes,
         stem=stem,
         fires=tuple(fires),
-        pool_after=tuple(pool_after),
+        pool_after=_design_pools(pool_after, pool_strategy, num_fires),
         batchnorm=batchnorm,
+        groups=groups,
+        depthwise=depthwise,
     )
 
 
+def _design_stem(stem: StemSpec | None, filters: int | None, kernel: int | None, stride: int | None,
+                 padding: int | None, width_multiplier: float, divisor: int) -> StemSpec:
+    """``squeezenet_design``'s conv1: ``stem`` or the keyword arguments, v1.0's where they are not given."""
+    parts = {"stem_filters": filters, "stem_kernel": kernel, "stem_stride": stride, "stem_padding": padding}
+    given = [k for k, v in parts.items() if v is not None]
+    if stem is not None:
+        if given:
+            raise GenomeError(f"design: give stem or {', '.join(given)}, not both")
+        return stem
+    if filters is not None:
+        _check_int("design", "stem_filters", filters, 1)
+    return StemSpec(filters=make_divisible((96 if filters is None else filters) * width_multiplier, divisor),
+                    kernel=7 if kernel is None else kernel, stride=2 if stride is None else stride,
+                    padding=0 if padding is None else padding)
+
+
+def _design_pools(pool_after: tuple[int, ...] | None, strategy: str | None, num_fires: int) -> tuple[int, ...]:
+    if pool_after is not None and strategy is not None:
+        raise GenomeError(f"design: give pool_after {list(pool_after)} or pool_strategy {strategy!r}, not both")
+    if pool_after is not None:
+        return tuple(pool_after)
+    return pool_positions(strategy or "late", num_fires)
+
+
 def round_widths(genome: Genome, divisor: int, min_width: int = 1) -> Genome:
-    """Round every width of ``genome`` to a multiple of ``divisor`` with
-    ``make_divisible`` (odd widths run slowly in ONNX Runtime), at least
-    ``min_width``; zero-width expand branches stay zero."""
+    """Round every width of ``genome`` to a multiple of ``divisor`` (and of
+    the genome's ``groups``) with ``make_divisible`` (odd widths run slowly in
+    ONNX Runtime), at least ``min_width``; zero-width expand branches stay
+    zero."""
+    divisor = math.lcm(divisor, genome.groups)
 
     def r(c: int) -> int:
         return 0 if c == 0 else max(min_width, make_divisible(c, divisor))

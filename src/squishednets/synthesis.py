@@ -28,6 +28,12 @@ genome, and the surviving weights are sliced into the smaller network
 (``shrink``), so offspring are physically smaller and faster: no masks on the
 dense path. Synapse-level sampling inside surviving filters is optional and
 gives fixed masks for training and a sparse size beside the dense one.
+
+Evolution slices dense Fire modules only: a grouped convolution's filters
+and input channels cannot be removed one by one (each group must keep as
+many), and a depthwise unit's filters are its squeeze's channels. Genomes
+with ``groups`` > 1 or depthwise expand3x3 branches (small-DNN playbook,
+sections 5.6-5.7) are refused at every entry point (``check_evolvable``).
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 
+from .errors import GenomeError
 from .genome import Genome, Unit, round_width
 from .metrics import BYTES_FP32, conv_cost
 from .model import ConvUnit, SqueezeNet, build, conv_units, fold_batchnorm, weight_name
 
 __all__ = [
+    "check_evolvable",
     "synapse_probabilities",
     "cluster_strengths",
     "cluster_probabilities",
@@ -71,6 +79,16 @@ __all__ = [
     "synthesize",
     "Offspring",
 ]
+
+
+def check_evolvable(genome: Genome) -> None:
+    """A GenomeError unless every Fire module of ``genome`` is dense (see the
+    module docstring): what evolution can slice."""
+    depthwise = genome.depthwise and any(f.expand3x3 for f in genome.fires)  # without 3x3 branches it is moot
+    uses = ([f"groups={genome.groups}"] if genome.groups > 1 else []) + (["depthwise expand3x3"] if depthwise else [])
+    if uses:
+        raise GenomeError(f"evolution supports dense Fire modules; genome {genome.name!r} uses {' and '.join(uses)}: "
+                          "evolve a dense design (groups 1, depthwise off)")
 
 
 # -- genetic encoding -------------------------------------------------------------
@@ -99,6 +117,7 @@ class L1Importance:
 
 def cluster_strengths(model: SqueezeNet, importance: Importance | None = None) -> dict[str, torch.Tensor]:
     """Strength of every removable filter, per unit (by ``Unit.module``)."""
+    check_evolvable(model.genome)
     importance = importance or L1Importance()
     folded = fold_batchnorm(model)
     return {name: importance(unit) for name, unit in conv_units(folded)}
@@ -125,6 +144,7 @@ class Encoding:
 def encode(model: SqueezeNet, sharpness: float = 1.0, importance: Importance | None = None,
            weights: dict[str, float] | None = None) -> Encoding:
     """The parent's DNA; ``weights`` (from ``mac_weights``) scale k per unit."""
+    check_evolvable(model.genome)
     w = weights or {}
     return Encoding({n: cluster_probabilities(s, sharpness * w.get(n, 1.0))
                      for n, s in cluster_strengths(model, importance).items()}, sharpness, weights)
@@ -200,6 +220,7 @@ def shrink(model: SqueezeNet, keep: dict[str, torch.Tensor], name: str | None = 
     removed.
     """
     g = model.genome
+    check_evolvable(g)
     units = g.units()
     k = _keep_indices(units, keep)
     child_g = g.with_unit_widths({u.module: k[u.module].numel() for u in units if u.removable})
@@ -271,12 +292,14 @@ def _expected_widths(enc: Encoding, factor: float, min_width: int, divisor: int 
 def expected_params(genome: Genome, enc: Encoding, factor: float, min_width: int = 1, divisor: int = 1) -> float:
     """Expected deployed parameters of an offspring sampled at F(E) = ``factor``
     (expected widths per layer; the min-width floor and rounding included)."""
+    check_evolvable(genome)
     return conv_cost(genome.units(), _expected_widths(enc, factor, min_width, divisor))[0]
 
 
 def expected_macs(genome: Genome, enc: Encoding, factor: float, image_size: int, min_width: int = 1,
                   divisor: int = 1) -> float:
     """Expected convolution MACs of an offspring at ``image_size``."""
+    check_evolvable(genome)
     return conv_cost(genome.units(image_size), _expected_widths(enc, factor, min_width, divisor))[1]
 
 
@@ -291,6 +314,7 @@ def mac_weights(genome: Genome, image_size: int, pressure: float) -> dict[str, f
     k (r / geometric mean of r) ** ``pressure``: at equal strength a filter
     in a high-resolution layer, which buys few parameters and many MACs, is
     less likely to survive. ``pressure`` = 0 is the papers' rule."""
+    check_evolvable(genome)
     return {n: math.exp(pressure * c) for n, c in _log_mac_ratios(genome.units(image_size)).items()}
 
 
@@ -334,6 +358,7 @@ def solve_environment(
     offspring expected at ``target_params`` also has at most ``target_macs``
     MACs: the size target fixes how much is removed, the MAC target where."""
     g = model.genome
+    check_evolvable(g)
     strengths = cluster_strengths(model, importance)
     units = g.units(image_size) if target_macs else g.units()  # pixels only where MACs count
 
@@ -478,6 +503,7 @@ def synthesize(parent: SqueezeNet, factor: float, generator: torch.Generator, op
     unknown = sorted(set(option_overrides) - _OPTION_NAMES)
     if unknown:
         raise TypeError(f"synthesize() got unexpected keyword argument(s) {unknown}")
+    check_evolvable(parent.genome)
     opts = dataclasses.replace(options or SynthesisOptions(), **option_overrides)
     enc = encoding if encoding is not None else encode(parent, opts.sharpness, opts.importance)
     keep = {unit: round_keep(sample_clusters(p, factor, generator), p, opts.min_width, opts.divisor)
