@@ -14,10 +14,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 extra=${1:-}
 modules="squishednets, onnxruntime, safetensors, matplotlib, tqdm"
-# The extras' own imports: test needs pytest and captum (the analyze pictures' tests), analyze needs captum.
+# The extras' own imports: test needs pytest, captum (the analyze pictures' tests), optuna and ray
+# (explore and the executor); analyze needs captum, explore optuna, ray ray.
 case "$extra" in
-  test) modules="$modules, pytest, captum" ;;
+  test) modules="$modules, pytest, captum, optuna, ray" ;;
   analyze) modules="$modules, captum" ;;
+  explore) modules="$modules, optuna" ;;
+  ray) modules="$modules, ray" ;;
 esac
 if ! .venv/bin/python -c "import $modules" 2>/dev/null; then
   .venv/bin/pip install -q -e ".${extra:+[$extra]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -93,3 +94,18 @@ def real_lineage(tmp_path_factory):
         generations=4, target_reduction=4.0, round_to=1,
         train=dataclasses.replace(GENERATION_TRAIN, epochs=1, batch_size=12, threads=2)), progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory):
+    """One local Ray instance for the session (starting one takes seconds),
+    shared by the executor's and explore's tests. Its workers import test
+    modules by name, hence the PYTHONPATH, and keep their caches out of the
+    home folder like ``_isolate``."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'squishednets[ray]')")
+    tests = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(tests), str(tests.parent / "src"), os.environ.get("PYTHONPATH", "")])
+    env = {"PYTHONPATH": path, "SQUISHEDNETS_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    yield ray
+    ray.shutdown()

@@ -22,6 +22,8 @@ from .config import add_options, flag_values, resolve
 from .data import make_imagenet10
 from .errors import ConfigError, SquishedError
 from .evolve import INHERITED, EvolveConfig, evolve
+from .explore import ExploreConfig, explore
+from .explore import summary as explore_summary
 from .export import INT8_MODES, export_checkpoint
 from .genome import list_genomes
 from .metrics import profile
@@ -35,9 +37,19 @@ __all__ = ["main", "build_parser"]
 # evolve's short flags for the offspring's training recipe (as before the
 # configurations were composed).
 EVOLVE_FLAGS: dict[str, tuple[str, ...]] = {
-    k.replace("_", "-"): (f"train.{k}",)
-    for k in ("epochs", "lr", "optimizer", "warmup_epochs", "weight_decay", "label_smoothing", "batch_size",
-              "threads", "device", "cache_dir")
+    **{k.replace("_", "-"): (f"train.{k}",)
+       for k in ("epochs", "lr", "optimizer", "warmup_epochs", "weight_decay", "label_smoothing", "batch_size",
+                 "threads", "device", "cache_dir")},
+    # where the candidates train (executor.py)
+    "workers": ("executor.workers",), "ray-address": ("executor.ray_address",), "retries": ("executor.retries",),
+}
+
+
+# explore's short flags for its data, schedule and executor.
+EXPLORE_FLAGS: dict[str, tuple[str, ...]] = {
+    "data": ("train.data",), "image-size": ("train.image_size",), "epochs": ("train.epochs",),
+    "threads": ("train.threads",), "cache-dir": ("train.cache_dir",), "workers": ("executor.workers",),
+    "ray-address": ("executor.ray_address",), "retries": ("executor.retries",),
 }
 
 
@@ -126,6 +138,14 @@ def _parsers(sub: Any) -> None:
                                      "(default: RUN/../export/export.json when RUN is a run folder's evolve/)")
 
     _analyze_parser(sub)
+
+    p = sub.add_parser("explore", help="design-space exploration: sweeps, saturation points, Pareto fronts under "
+                                       "device budgets (Optuna study; local processes or Ray)")
+    p.add_argument("--out", required=True, help="run folder (study.db, points/, explore.json/.md/.html); the same "
+                                                "command resumes it")
+    add_options(p, ExploreConfig, aliases=EXPLORE_FLAGS, skip=("train.model", "train.seed"))
+    p.add_argument("--json", action="store_true", help="print explore.json")
+    _config_option(p)
 
     p = sub.add_parser("run", help="the whole job: ancestor, evolution, benchmark, report, export")
     p.add_argument("--out", default="runs/main", help="run folder; the same command resumes it (default runs/main)")
@@ -280,6 +300,17 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explore(a: argparse.Namespace) -> int:
+    cfg = resolve(ExploreConfig, a.config, flags=flag_values(a))
+    doc = explore(cfg, a.out, progress=not (a.no_progress or a.json), say=(lambda s: None) if a.json else
+                  (lambda s: print(s, flush=True)))
+    if a.json:
+        _emit(doc)
+        return 0
+    print(explore_summary(doc))
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     cfg = resolve(RunConfig, a.config, preset=PRESETS[a.preset], flags=flag_values(a))
     run_all(cfg, a.out, say=lambda s: print(s, flush=True), progress=not a.no_progress)
@@ -288,7 +319,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
             "data": cmd_data, "evolve": cmd_evolve, "bench": cmd_bench, "export": cmd_export, "report": cmd_report,
-            "analyze": cmd_analyze, "run": cmd_run}
+            "analyze": cmd_analyze, "explore": cmd_explore, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

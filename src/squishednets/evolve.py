@@ -23,33 +23,48 @@ Everything random comes from (seed, generation, candidate), and every result
 is written atomically, so a run killed at any moment (even ``kill -9``) and
 started again with the same command recomputes nothing that was finished and
 ends with the same lineage as an uninterrupted run.
+
+Each candidate is one task of an executor (``executor.py``; by default in
+this process; ``executor.workers`` N trains N candidates at once in local
+processes, ``executor.ray_address`` on a Ray cluster): its arguments are
+paths and plain dicts (the run folder, the parent's checkpoint, the resolved
+configurations), it loads the parent and the data itself, writes
+``cand_K/model`` atomically and returns the one already written if there is
+one. The driver alone selects and records, in candidate order, so where and
+in which order candidates train changes nothing in the lineage, and a run may
+resume under other executor settings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
+from tqdm import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import option, to_dict
+from .config import from_dict, option, to_dict
 from .data import Splits, load_splits
 from .errors import ConfigError
+from .executor import IN_PROCESS, ExecConfig, Executor, make_executor
 from .metrics import BYTES_FP32, profile
 from .records import Candidate, GenerationRecord, Lineage
 from .rundir import RunDir
 from .seeds import offspring_seed
-from .synthesis import Encoding, Environment, Offspring, encode, solve_environment, sparse_bytes, synthesize
+from .synthesis import (Encoding, Environment, Offspring, check_evolvable, encode, solve_environment, sparse_bytes,
+                        synthesize)
 from .train import Resumable, TrainConfig, accuracy_metrics, checkpoint_config, fit, train_config_of
 
 __all__ = ["EvolveConfig", "GENERATION_TRAIN", "INHERITED", "Fitness", "HoldoutTop1", "SmallestFit", "FITNESS",
-           "select", "evolve", "size_path", "violations"]
+           "select", "evolve", "breed", "size_path", "violations"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +108,7 @@ class EvolveConfig:
     seed: int = option(0, help="seed of the offspring draws and their training")
     data: str | None = option(None, help="data set (off: the ancestor's)")
     train: TrainConfig = option(default_factory=lambda: GENERATION_TRAIN, help="training of each offspring")
+    executor: ExecConfig = option(default_factory=ExecConfig, help="where each generation's offspring train")
 
     def __post_init__(self) -> None:
         if self.generations < 1 or self.population < 1:
@@ -256,6 +272,7 @@ def _weights_fingerprint(ck_path: Path) -> str:
 def _open(ancestor: str | Path, run: str | Path, cfg: EvolveConfig) -> tuple[RunDir, Checkpoint, TrainConfig, str]:
     """Check the ancestor, then start or resume the run folder."""
     anc = load_checkpoint(ancestor)
+    check_evolvable(anc.genome)  # before the run folder exists
     anc_cfg, _ = train_config_of(anc)
     if anc_cfg.holdout is None:
         raise ConfigError(f"{anc.path} was trained on every training image (holdout off), so no held-out set is "
@@ -292,13 +309,88 @@ def _environment(parent: Checkpoint, tgt: _Target | None, ctx: _Context) -> Envi
                              image_size=ctx.image_size, divisor=c.round_to)
 
 
+# -- one candidate: an executor task --------------------------------------------------
+@dataclass(frozen=True)
+class _Brood:
+    """What a candidate's task knows of its run, rebuilt from its plain arguments."""
+
+    run: Path
+    cfg: EvolveConfig
+    train: TrainConfig
+    image_size: int
+    name: str
+    progress: bool
+
+
+# What the driver already holds, lent to the tasks it runs itself (the default
+# in-process executor) so that they reload neither the data nor the parent; a
+# task in another process or on another node finds nothing here and loads both
+# from the paths in its arguments.
+_LENT: dict[str, tuple[Any, ...]] = {}
+
+
+@contextlib.contextmanager
+def _lend(name: str, key: Any, *objs: Any) -> Iterator[None]:
+    _LENT[name] = (key, *objs)
+    try:
+        yield
+    finally:
+        _LENT.pop(name, None)
+
+
+def _borrow(name: str, key: Any) -> tuple[Any, ...] | None:
+    got = _LENT.get(name)
+    return got[1:] if got is not None and got[0] == key else None
+
+
+def _splits_key(data: str, t: TrainConfig) -> tuple[Any, ...]:
+    return (str(Path(data).resolve()), t.image_size, t.holdout, t.split_seed, t.cache_dir)
+
+
+def _task(ctx: _Context, parent: Checkpoint, env: Environment, tgt: _Target | None, g: int, k: int,
+          progress: bool) -> dict[str, Any]:
+    """Candidate k's task: paths (absolute, so any worker finds them) and plain
+    dicts, never tensors."""
+    return {"run": str(ctx.rd.root.resolve()), "generation": g, "index": k,
+            "parent": str(Path(parent.path).resolve()), "data": str(Path(ctx.train.data).resolve()),
+            "evolve": to_dict(ctx.cfg), "train": to_dict(ctx.train), "image_size": ctx.image_size,
+            "name": ctx.name, "env": dataclasses.asdict(env),
+            "target": dataclasses.asdict(tgt) if tgt is not None else None, "progress": progress}
+
+
+def breed(task: dict[str, Any]) -> dict[str, Any]:
+    """Executor task: draw, train and score candidate ``task['index']`` of
+    generation ``task['generation']`` (arguments as ``_task`` makes them) and
+    return its ``Candidate`` as a dict. A candidate already written is read
+    back, not recomputed, so a retried task does no work twice."""
+    g, k = task["generation"], task["index"]
+    cdir = Path(task["run"]) / f"gen_{g:02d}" / f"cand_{k}"
+    if (cdir / "model" / "metrics.json").exists():
+        return load_checkpoint(cdir / "model").metrics["candidate"]
+    b = _Brood(Path(task["run"]), from_dict(EvolveConfig, task["evolve"], "an evolve task"),
+               from_dict(TrainConfig, task["train"], "an evolve task"), task["image_size"], task["name"],
+               task["progress"])
+    env = Environment(**task["env"])
+    tgt = _Target(**task["target"]) if task["target"] is not None else None
+    t = b.train
+    lent = _borrow("splits", _splits_key(task["data"], t))
+    splits = lent[0] if lent else load_splits(task["data"], t.image_size, t.holdout, t.split_seed, t.cache_dir)
+    lent = _borrow("parent", task["parent"])
+    if lent:
+        parent, enc = lent
+    else:
+        parent = load_checkpoint(task["parent"])
+        enc = encode(parent.model, env.sharpness, weights=env.weights)
+    return _breed(parent, env, enc, tgt, g, k, splits, b).to_dict()
+
+
 def _draw(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | None, gen: torch.Generator, g: int,
-          ctx: _Context) -> tuple[Offspring, bool]:
+          b: _Brood) -> tuple[Offspring, bool]:
     """One offspring. In target mode several are drawn (cheap: no training) and
     the one nearest the generation's target lives; in the last generation only
     draws within the target size count while there are any (up to 8x more
     draws), so the final network meets its budget. Returns (offspring, fits)."""
-    c = ctx.cfg
+    c = b.cfg
     best: Offspring | None = None
     best_key = (True, float("inf"))
     must_fit = tgt is not None and tgt.final and c.final_within_target
@@ -306,12 +398,12 @@ def _draw(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | No
     limit = c.size_draws * (8 if must_fit else 1) if tgt is not None else 1
     for i in range(limit):
         o = synthesize(parent.model, env.factor, gen, sharpness=env.sharpness, min_width=c.min_width,
-                       divisor=c.round_to, name=f"{ctx.name}-gen{g:02d}", init=c.init,
+                       divisor=c.round_to, name=f"{b.name}-gen{g:02d}", init=c.init,
                        synapse_factor=c.synapse_factor if c.synapse_level else None, parent_masks=parent.masks,
                        encoding=enc)
         if tgt is None:
             return o, True
-        prof = profile(o.model.genome, ctx.image_size)
+        prof = profile(o.model.genome, b.image_size)
         over = must_fit and prof.params > tgt.params
         key = (over, tgt.error(prof.params, prof.macs))
         fitting += not over
@@ -324,52 +416,60 @@ def _draw(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | No
 
 
 def _breed(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | None, g: int, k: int,
-           ctx: _Context) -> Candidate:
-    """Draw, train and score candidate k of generation g (or read it back)."""
-    c = ctx.cfg
-    cdir = _gen_dir(ctx.rd, g) / f"cand_{k}"
-    if (cdir / "model" / "metrics.json").exists():
-        return Candidate(**load_checkpoint(cdir / "model").metrics["candidate"])
+           splits: Splits, b: _Brood) -> Candidate:
+    """Draw, train, score and save candidate k of generation g."""
+    c = b.cfg
+    cdir = b.run / f"gen_{g:02d}" / f"cand_{k}"
     t0 = time.perf_counter()
     seed = offspring_seed(c.seed, g, k)
-    off, fits = _draw(parent, env, enc, tgt, torch.Generator().manual_seed(seed), g, ctx)
+    off, fits = _draw(parent, env, enc, tgt, torch.Generator().manual_seed(seed), g, b)
     if not fits:
         log.warning("generation %d: no draw of %d fits the target size; the smallest was kept", g, c.size_draws * 8)
     child = off.model
     synth_s = time.perf_counter() - t0
-    tcfg = dataclasses.replace(ctx.train, seed=seed)
+    tcfg = dataclasses.replace(b.train, seed=seed)
     res: dict[str, Any] = {"history": [], "train_time_s": 0.0}
     if tcfg.epochs > 0:
-        res = fit(child, (ctx.splits.train.images, ctx.splits.train.labels), tcfg, masks=off.masks,
+        res = fit(child, (splits.train.images, splits.train.labels), tcfg, masks=off.masks,
                   resume=Resumable(cdir / "state", {"genome": child.genome.to_dict(), "generation": g}),
-                  desc=f"gen {g}/{c.generations} cand {k + 1}/{c.population}" if ctx.progress else None)
+                  desc=f"gen {g}/{c.generations} cand {k + 1}/{c.population}" if b.progress else None)
     t1 = time.perf_counter()
     child.cpu()
-    acc = accuracy_metrics(child, ctx.splits)
-    prof = profile(child.genome, ctx.image_size)
+    acc = accuracy_metrics(child, splits)
+    prof = profile(child.genome, b.image_size)
     nnz, sb = sparse_bytes(child, off.masks)
     wall = synth_s + res["train_time_s"] + (time.perf_counter() - t1)
     cand = Candidate(index=k, heldout_top1=acc["heldout_top1"], size_mb=prof.size_mb, params=prof.params,
                      macs=prof.macs, seed=seed, wall_s=wall)
     metrics = {
-        **acc, "candidate": cand.to_dict(), "nonzero_params": nnz, "sparse_bytes": sb, "classes": ctx.splits.classes,
-        "seed": seed, "parent": ctx.rd.rel(parent.path), "env_factor": env.factor, "sharpness": env.sharpness,
-        "mac_pressure": env.pressure, "target_macs": tgt.macs if tgt else None,
+        **acc, "candidate": cand.to_dict(), "nonzero_params": nnz, "sparse_bytes": sb, "classes": splits.classes,
+        "seed": seed, "parent": os.path.relpath(parent.path, b.run), "env_factor": env.factor,
+        "sharpness": env.sharpness, "mac_pressure": env.pressure, "target_macs": tgt.macs if tgt else None,
         "synapse_factor": c.synapse_factor if c.synapse_level else None, "target_params": tgt.params if tgt else None,
         "target_met": fits, "keep": off.keep, "history": res["history"], "train_time_s": res["train_time_s"],
         "wall_s": wall,
     }
-    save_checkpoint(cdir / "model", child, metrics, checkpoint_config(tcfg, ctx.splits.classes), off.masks)
+    save_checkpoint(cdir / "model", child, metrics, checkpoint_config(tcfg, splits.classes), off.masks)
     return cand
 
 
-def _generation(parent: Checkpoint, g: int, ctx: _Context) -> Checkpoint:
+def _generation(parent: Checkpoint, g: int, ctx: _Context, ex: Executor) -> Checkpoint:
     """Breed generation g's candidates, select the fittest, save it as the next parent."""
     gdir = _gen_dir(ctx.rd, g)
     tgt = ctx.target(g)
     env = _environment(parent, tgt, ctx)
-    enc = encode(parent.model, env.sharpness, weights=env.weights)  # the parent's DNA, shared by every draw
-    cands = [_breed(parent, env, enc, tgt, g, k, ctx) for k in range(ctx.cfg.population)]
+    here = ex.name == IN_PROCESS
+    tasks = [_task(ctx, parent, env, tgt, g, k, ctx.progress and here) for k in range(ctx.cfg.population)]
+    found: dict[int, Candidate] = {}
+    enc = encode(parent.model, env.sharpness, weights=env.weights) if here else None  # the parent's DNA
+    # In-process, each candidate's training shows its own bar; elsewhere one bar counts finished candidates.
+    with (_lend("parent", tasks[0]["parent"], parent, enc) if here else contextlib.nullcontext(),
+          tqdm(total=len(tasks), desc=f"gen {g}/{ctx.cfg.generations} candidates on {ex.name}", unit="cand",
+               leave=False, disable=here or not ctx.progress) as bar):
+        for k, d in ex.map_unordered(breed, tasks):
+            found[k] = Candidate(**d)
+            bar.update()
+    cands = [found[k] for k in range(len(tasks))]
     best, met = select(cands, ctx.cfg)
     chosen = load_checkpoint(gdir / f"cand_{best}" / "model")
     m = {**chosen.metrics, "selected": best, "constraints_met": met,
@@ -385,33 +485,41 @@ def evolve(
     cfg: EvolveConfig,
     progress: bool = True,
     on_generation: Callable[[GenerationRecord], None] | None = None,
+    executor: Executor | None = None,
 ) -> Lineage:
-    """Run (or resume) the generations; return the lineage."""
+    """Run (or resume) the generations; return the lineage. Candidates train
+    on ``executor`` if given (left open), else on one made from ``cfg.executor``."""
     cfg.check_mode()
-    rd, anc, tcfg, data = _open(ancestor, run, cfg)
-    anc_cfg, classes = train_config_of(anc)
-    splits = load_splits(data, tcfg.image_size, tcfg.holdout, tcfg.split_seed, tcfg.cache_dir, progress=progress)
-    if classes != splits.classes:
-        raise ConfigError("the data's classes differ from the ancestor's; evolve on the data it was trained on")
-    ctx = _Context(rd, cfg, tcfg, splits, tcfg.image_size, anc.genome.name, None, progress)  # type: ignore[arg-type]
-    ctx.start = _generation_zero(ctx, anc, anc_cfg)
-    if cfg.target_mode and ctx.target(cfg.generations).params >= ctx.start.params:
-        raise ConfigError(f"the target ({ctx.target(cfg.generations).params * BYTES_FP32 / 1e6:.3f} MB) is not below "
-                          f"the ancestor's {ctx.start.size_mb:.3f} MB; choose a smaller --target-size-mb")
-    config = {**to_dict(cfg), "data": data, "image_size": tcfg.image_size}
-    records = [ctx.start]
-    parent = load_checkpoint(_gen_dir(rd, 0) / "model")
-    for g in range(1, cfg.generations + 1):
-        done = (_gen_dir(rd, g) / "model" / "metrics.json").exists()
-        parent = load_checkpoint(_gen_dir(rd, g) / "model") if done else _generation(parent, g, ctx)
-        records.append(_record(g, parent, ctx))
-        Lineage(config, records).save(rd.root)
-        if not done:
-            e = records[-1]
-            log.info("generation %d: %.3f MB, held-out top-1 %.4f, F(E)=%.4f k=%.3f MAC pressure %.2f", g,
-                     e.size_mb, e.heldout_top1, e.env_factor, e.sharpness, e.mac_pressure)
-            if on_generation is not None:
-                on_generation(e)
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = make_executor(cfg.executor)
+            stack.callback(executor.close)
+        rd, anc, tcfg, data = _open(ancestor, run, cfg)
+        anc_cfg, classes = train_config_of(anc)
+        splits = load_splits(data, tcfg.image_size, tcfg.holdout, tcfg.split_seed, tcfg.cache_dir, progress=progress)
+        if classes != splits.classes:
+            raise ConfigError("the data's classes differ from the ancestor's; evolve on the data it was trained on")
+        stack.enter_context(_lend("splits", _splits_key(data, tcfg), splits))
+        ctx = _Context(rd, cfg, tcfg, splits, tcfg.image_size, anc.genome.name,
+                       None, progress)  # type: ignore[arg-type]
+        ctx.start = _generation_zero(ctx, anc, anc_cfg)
+        if cfg.target_mode and ctx.target(cfg.generations).params >= ctx.start.params:
+            raise ConfigError(f"the target ({ctx.target(cfg.generations).params * BYTES_FP32 / 1e6:.3f} MB) is not "
+                              f"below the ancestor's {ctx.start.size_mb:.3f} MB; choose a smaller --target-size-mb")
+        config = {**to_dict(cfg), "data": data, "image_size": tcfg.image_size}
+        records = [ctx.start]
+        parent = load_checkpoint(_gen_dir(rd, 0) / "model")
+        for g in range(1, cfg.generations + 1):
+            done = (_gen_dir(rd, g) / "model" / "metrics.json").exists()
+            parent = load_checkpoint(_gen_dir(rd, g) / "model") if done else _generation(parent, g, ctx, executor)
+            records.append(_record(g, parent, ctx))
+            Lineage(config, records).save(rd.root)
+            if not done:
+                e = records[-1]
+                log.info("generation %d: %.3f MB, held-out top-1 %.4f, F(E)=%.4f k=%.3f MAC pressure %.2f", g,
+                         e.size_mb, e.heldout_top1, e.env_factor, e.sharpness, e.mac_pressure)
+                if on_generation is not None:
+                    on_generation(e)
     lineage = Lineage(config, records)
     lineage.save(rd.root)
     return lineage

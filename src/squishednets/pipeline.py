@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .bench import BenchConfig, bench_target
+from .checkpoint import resolve_genome
 from .config import option
 from .data import check_dataset
 from .errors import ConfigError
@@ -34,6 +35,7 @@ from .io import atomic_write_json
 from .records import SELECTED_BY, GenerationRecord, Lineage
 from .report import choose_squishednets, write_report
 from .rundir import RunDir
+from .synthesis import check_evolvable
 from .train import TrainConfig, run_training
 
 __all__ = ["RunConfig", "PRESETS", "RUN_FLAGS", "RUN_SKIP", "run_all"]
@@ -74,6 +76,8 @@ PRESETS: dict[str, RunConfig] = {
 # The main job's short flags: one flag may set a value in several stages.
 RUN_FLAGS: dict[str, tuple[str, ...]] = {
     "data": ("ancestor.data",),
+    # An explored design (squishednets explore --top K) as the ancestor: explore, then squish.
+    "from-design": ("ancestor.model",),
     "image-size": ("ancestor.image_size",),
     "holdout": ("ancestor.holdout",),
     "lr": ("ancestor.lr",),
@@ -84,6 +88,8 @@ RUN_FLAGS: dict[str, tuple[str, ...]] = {
     "target-macs-reduction": ("evolve.target_macs_reduction",),
     "round-to": ("evolve.round_to",),
     "population": ("evolve.population",),
+    "workers": ("evolve.executor.workers",),
+    "ray-address": ("evolve.executor.ray_address",),
     "seed": ("ancestor.seed", "evolve.seed"),
     "threads": ("ancestor.threads", "evolve.train.threads", "bench.threads"),
     "device": ("ancestor.device", "evolve.train.device"),
@@ -156,6 +162,8 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
     """Run (or resume) every stage of the main job in ``out``."""
     # Bad data fails here, before the run folder pins the configuration.
     check_dataset(cfg.ancestor.data)
+    # An explored design that evolution cannot shrink fails now, not after the ancestor's training.
+    check_evolvable(resolve_genome(cfg.ancestor.model, batchnorm=cfg.ancestor.batchnorm))
     rd = RunDir.open(out, cfg, "run")
     t0 = time.perf_counter()
     _ancestor(rd, cfg, say, progress)

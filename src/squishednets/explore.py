@@ -1,0 +1,881 @@
+"""Design-space exploration: the small-DNN playbook's method on the user's data.
+
+The playbook (sections 3-4) finds a small network by defining a benchmark
+and goals (parameters + activations in an 8192 KB SRAM, a frame rate, an
+accuracy, energy per frame), training many points of a design space, and
+finding each dimension's *saturation point*: the value after which more
+capacity stops buying accuracy (section 4.4; the SqueezeNet paper's
+section 5 found SR = 0.75 and 50% 3x3 filters on ImageNet). SqueezeNet came
+out of 1,000+ such points; here the same search runs on one machine or, through
+``executor``, on a Ray cluster.
+
+A design is a dict of axis values (``AXES``); ``design_genome`` turns it into
+a genome with ``genome.squeezenet_design``, so every point is built, trained,
+exported and measured like any network. Strategies:
+
+- ``grid``: the playbook's one-dimension sweeps, each chosen axis swept over
+  its values with every other axis at the base design (SqueezeNet v1.1);
+- ``random``: designs drawn uniformly from the chosen axes;
+- ``nsga2``: Optuna's NSGA-II over held-out top-1, size and MACs (or
+  measured batch-1 latency).
+
+Every strategy runs as an Optuna study in a real database (SQLite in the run
+folder by default, any SQLAlchemy URL with ``--storage``), so several
+processes can share one study. A design point's work is idempotent and
+atomic on disk (``points/KEY/sSEED/``: its training state, checkpoint, ONNX
+file and ``result.json``): a killed run's trials go stale (no heartbeat),
+Optuna fails them and queues the same design again, and the retry finds the
+training state where it stopped, so after ``kill -9`` and a restart no point
+is lost or trained twice.
+
+Choices (the Pareto front, saturation points, ``--top`` designs) use held-out
+top-1 only; test top-1 is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import html
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import from_dict, option, to_dict
+from .data import check_dataset
+from .errors import ConfigError, GenomeError
+from .executor import ExecConfig, make_executor
+from .genome import Genome, StemSpec, make_divisible, pool_positions, squeezenet_design
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .metrics import BYTES_FP32, Profile, profile
+from .records import SELECTED_BY
+from .rundir import RunDir
+from .train import TrainConfig
+
+__all__ = ["AXES", "BASE", "PAPER_SATURATION", "ENERGY_PJ", "ExploreConfig", "EXPLORE_TRAIN", "full_design",
+           "design_key", "design_genome", "energy_mj", "memory_figures", "violations", "pareto", "saturation",
+           "run_point", "explore", "summary"]
+
+log = logging.getLogger(__name__)
+
+# Each axis's values in order of capacity (the sweeps' x axis). Booleans and
+# the pooling strategy are categorical: no saturation point.
+AXES: dict[str, tuple[Any, ...]] = {
+    "base_e": (16, 32, 64, 128, 256),          # expand filters of the first Fire (SqueezeNet paper 5.1)
+    "incr_e": (0, 32, 64, 128),                # added every freq Fire modules
+    "freq": (4, 2, 1),                         # how often e grows (more often: more capacity)
+    "pct3x3": (0.0, 0.125, 0.25, 0.5, 0.75, 1.0),  # kernel reduction (playbook 5.3)
+    "sr": (0.125, 0.25, 0.5, 0.75, 1.0),       # squeeze ratio: channel reduction (playbook 5.4)
+    "width": (0.25, 0.5, 0.75, 1.0),           # width multiplier over every layer
+    "stem_filters": (16, 32, 64, 96),
+    "stem_kernel": (3, 5, 7),
+    "stem_stride": (2, 1),
+    "pool": ("early", "even", "late"),         # downsampling placement (playbook 5.5)
+    "depthwise": (False, True),                # depthwise-separable expand3x3 (playbook 5.6)
+    "groups": (4, 2, 1),                       # grouped 1x1 with channel shuffle (playbook 5.7)
+}
+CATEGORICAL = ("pool", "depthwise")
+# SqueezeNet v1.1 (the SquishedNets ancestor) as a design: the sweeps' centre.
+BASE: dict[str, Any] = {"base_e": 128, "incr_e": 128, "freq": 2, "pct3x3": 0.5, "sr": 0.125, "width": 1.0,
+                        "stem_filters": 64, "stem_kernel": 3, "stem_stride": 2, "pool": "early",
+                        "depthwise": False, "groups": 1}
+# The SqueezeNet paper's saturation points on ImageNet (section 5, top-5).
+PAPER_SATURATION = {"sr": {"value": 0.75, "top5": 0.860}, "pct3x3": {"value": 0.5, "top5": 0.856}}
+GRID_AXES = ("pct3x3", "sr")  # the playbook's two sweeps
+SEARCH_AXES = ("base_e", "incr_e", "freq", "pct3x3", "sr", "width", "pool")
+OBJECTIVES = ("top1", "size", "macs", "latency")
+
+# Energy per frame, estimated from counts (Horowitz, ISSCC 2014, 45 nm): an
+# fp32 multiply-add 4.6 pJ (3.7 + 0.9), a 32-bit read from a small SRAM
+# 5 pJ, from DRAM 640 pJ: the playbook's "off-chip access costs 100x".
+ENERGY_PJ = {"mac": 4.6, "sram": 5.0, "dram": 640.0}
+
+# A design point's short schedule: cached data, no evaluation until the end.
+EXPLORE_TRAIN = TrainConfig(epochs=6, eval_every=None)
+
+
+# -- designs --------------------------------------------------------------------------
+def full_design(partial: Mapping[str, Any]) -> dict[str, Any]:
+    """The base design with ``partial``'s axes replaced; unknown axes or values fail."""
+    unknown = sorted(set(partial) - set(AXES))
+    if unknown:
+        raise ConfigError(f"unknown design axis {unknown}; the axes are {', '.join(AXES)}")
+    d = {**BASE, **partial}
+    for k, v in d.items():
+        if v not in AXES[k] and v != BASE[k]:
+            raise ConfigError(f"design axis {k} has no value {v!r}; its values are {list(AXES[k])}")
+    return d
+
+
+def design_key(design: Mapping[str, Any]) -> str:
+    """A short, stable identity of a design (the name of its points folder)."""
+    canon = json.dumps(full_design(design), sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()[:10]
+
+
+def design_name(design: Mapping[str, Any]) -> str:
+    d = full_design(design)
+    return "squeezenet1_1" if d == BASE else f"design-{design_key(d)}"
+
+
+def design_genome(design: Mapping[str, Any], num_classes: int, round_to: int = 8, batchnorm: bool = True) -> Genome:
+    """The genome of ``design`` (SqueezeNet paper 5.1's metaparameters plus the
+    playbook's 5.5-5.7 options), widths rounded to multiples of ``round_to``."""
+    d = full_design(design)
+    # Same-size padding only at stride 1 (v1.0 and v1.1 pad their stride-2 conv1 by nothing).
+    stem = StemSpec(filters=make_divisible(d["stem_filters"] * d["width"], math.lcm(round_to, d["groups"])),
+                    kernel=d["stem_kernel"],
+                    stride=d["stem_stride"], padding=d["stem_kernel"] // 2 if d["stem_stride"] == 1 else 0)
+    try:
+        return squeezenet_design(
+            base_e=d["base_e"], incr_e=d["incr_e"], pct3x3=d["pct3x3"], freq=d["freq"], sr=d["sr"],
+            num_classes=num_classes, stem=stem, pool_after=pool_positions(d["pool"], 8), divisor=round_to,
+            width_multiplier=d["width"], batchnorm=batchnorm, name=design_name(d), depthwise=d["depthwise"],
+            groups=d["groups"])
+    except GenomeError as e:
+        raise ConfigError(f"design {design_name(d)} {json.dumps({k: d[k] for k in d if d[k] != BASE[k]})}: {e}") from None
+
+
+# -- memory and energy ----------------------------------------------------------------
+def memory_figures(prof: Profile) -> dict[str, float]:
+    """Memory counted both ways: the playbook's (fp32 parameters + peak fp32
+    activations against one SRAM) and the microcontroller one (MCUNet: int8
+    weights in flash, the peak int8 activations in SRAM; int32 biases)."""
+    biases = sum(layer.cout for layer in prof.layers if layer.params)
+    return {
+        "peak_activation_kb": prof.peak_activation_bytes / 1024,
+        "params_plus_activations_kb": prof.on_chip_bytes() / 1024,
+        "int8_flash_kb": ((prof.params - biases) + 4 * biases) / 1024,
+        "int8_sram_kb": prof.peak_activation_bytes / BYTES_FP32 / 1024,
+    }
+
+
+def energy_mj(prof: Profile, sram_kb: float = 8192) -> float:
+    """Estimated energy per frame (batch 1) in mJ: every MAC, every weight read
+    once, every activation written once and read once; from the SRAM when
+    parameters + activations fit ``sram_kb``, else from DRAM (``ENERGY_PJ``)."""
+    fits = prof.on_chip_bytes() / 1024 <= sram_kb
+    mem = ENERGY_PJ["sram" if fits else "dram"]
+    activations = sum(layer.activation_bytes for layer in prof.layers) / BYTES_FP32
+    pj = prof.macs * ENERGY_PJ["mac"] + prof.params * mem + 2 * activations * mem
+    return pj * 1e-9
+
+
+# -- configuration --------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExploreConfig:
+    """Settings of ``squishednets explore``."""
+
+    strategy: str = option("grid", help="grid: one-axis sweeps around SqueezeNet v1.1; random; nsga2: Optuna's "
+                                        "multi-objective NSGA-II", choices=("grid", "random", "nsga2"))
+    axes: tuple[str, ...] = option((), help="axes to vary, comma-separated (off: pct3x3,sr for grid; base_e,"
+                                            "incr_e,freq,pct3x3,sr,width,pool otherwise); all: " + ",".join(AXES))
+    trials: int = option(24, help="random/nsga2: design points to evaluate")
+    population: int = option(8, help="nsga2: population per generation")
+    objectives: tuple[str, ...] = option(("top1", "size", "macs"), help="what the search and the Pareto front "
+                                         "trade: top1 (held-out, up) and some of size, macs, latency (batch 1, down)")
+    seeds: int = option(1, help="training seeds per design point")
+    front_seeds: int = option(2, help="seeds of every point on the final Pareto front (more are trained)")
+    minutes: float | None = option(None, help="per-point budget in minutes instead of --train-epochs (epochs "
+                                              "from the measured speed of the design, recorded)")
+    round_to: int = option(8, help="round every width to a multiple of this")
+    sram_kb: float | None = option(None, help="constraint: fp32 parameters + activations in KB (playbook: 8192)")
+    min_fps: float | None = option(None, help="constraint: frames/s at batch 1 in ONNX Runtime here")
+    min_top1: float | None = option(None, help="constraint: held-out top-1 (0-1)")
+    max_energy_mj: float | None = option(None, help="constraint: estimated energy per frame in mJ")
+    flash_kb: float | None = option(None, help="constraint: int8 weights in KB (microcontroller flash)")
+    mcu_sram_kb: float | None = option(None, help="constraint: peak int8 activations in KB (microcontroller SRAM)")
+    top: int = option(0, help="write the genomes of the best K designs meeting the constraints to OUT/designs/")
+    storage: str | None = option(None, help="Optuna storage URL shared by workers (off: sqlite in the run folder)",
+                                 resume=False)
+    study: str = option("explore", help="Optuna study name in the storage")
+    grace_s: int = option(120, help="seconds without a heartbeat after which a running point counts as lost "
+                                    "and is queued again", resume=False)
+    bench_threads: int | None = option(None, help="ONNX Runtime threads of the speed figures (off: every core)",
+                                       resume=False)
+    seed: int = option(0, help="seed of the sampler and the first training seed")
+    train: TrainConfig = option(default_factory=lambda: EXPLORE_TRAIN, help="each design point's training")
+    executor: ExecConfig = option(default_factory=ExecConfig, help="where the points run")
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.axes) - set(AXES))
+        if bad:
+            raise ConfigError(f"unknown axis {bad} in --axes; the axes are {','.join(AXES)}")
+        if len(set(self.axes)) != len(self.axes):
+            raise ConfigError(f"--axes names an axis twice: {','.join(self.axes)}")
+        bad = sorted(set(self.objectives) - set(OBJECTIVES))
+        if bad or "top1" not in self.objectives or len(self.objectives) < 2:
+            raise ConfigError(f"--objectives must be top1 plus some of size, macs, latency, got "
+                              f"{','.join(self.objectives) or 'none'}")
+        for name in ("trials", "population", "seeds", "front_seeds", "round_to", "grace_s"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.top < 0:
+            raise ConfigError(f"--top must be >= 0, got {self.top}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError(f"--minutes must be > 0 or off, got {self.minutes}")
+        if self.min_top1 is not None and not 0 < self.min_top1 <= 1:
+            raise ConfigError(f"--min-top1 is a share in (0, 1], got {self.min_top1}")
+        for name in ("sram_kb", "min_fps", "max_energy_mj", "flash_kb", "mcu_sram_kb"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 or off, got {v}")
+        if self.train.holdout is None:
+            raise ConfigError("explore chooses by held-out top-1: --train-holdout cannot be off")
+
+    @property
+    def swept(self) -> tuple[str, ...]:
+        return self.axes or (GRID_AXES if self.strategy == "grid" else SEARCH_AXES)
+
+
+def _constraints(cfg: ExploreConfig) -> dict[str, float]:
+    return {k: getattr(cfg, k) for k in ("sram_kb", "min_fps", "min_top1", "max_energy_mj", "flash_kb",
+                                          "mcu_sram_kb") if getattr(cfg, k) is not None}
+
+
+def violations(point: Mapping[str, Any], cfg: ExploreConfig) -> list[str]:
+    """What ``point`` (a result) misses of the constraints; static ones work
+    on a point without accuracy or speed (those are skipped when absent)."""
+    checks = [("sram_kb", "params_plus_activations_kb", "fp32 params + activations {:.0f} KB > {:g} KB", 1),
+              ("flash_kb", "int8_flash_kb", "int8 weights {:.0f} KB > {:g} KB", 1),
+              ("mcu_sram_kb", "int8_sram_kb", "int8 activations {:.0f} KB > {:g} KB", 1),
+              ("max_energy_mj", "energy_mj", "energy {:.3f} mJ > {:g} mJ", 1),
+              ("min_top1", "heldout_top1", "held-out top-1 {:.3f} < {:g}", -1),
+              ("min_fps", "fps", "{:.1f} frames/s < {:g}", -1)]
+    out = []
+    for opt, field, text, sign in checks:
+        limit, value = getattr(cfg, opt), point.get(field)
+        if limit is not None and value is not None and sign * (value - limit) > 0:
+            out.append(text.format(value, limit))
+    return out
+
+
+# -- one design point -----------------------------------------------------------------
+def _epochs_for(genome: Genome, tcfg: TrainConfig, n_train: int, minutes: float) -> int:
+    """Epochs that fit ``minutes`` at the speed this design trains here (a few
+    timed steps after a warm-up), at least 1."""
+    import torch
+
+    from .model import build
+    from .train import set_threads
+
+    set_threads(tcfg.threads)
+    torch.manual_seed(0)
+    model = build(genome).train()
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(tcfg.batch_size, 3, tcfg.image_size, tcfg.image_size)
+    y = torch.randint(0, genome.num_classes, (tcfg.batch_size,))
+    times = []
+    for i in range(4):
+        t = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t)
+    img_s = tcfg.batch_size / statistics.median(times)
+    return max(1, min(200, int(minutes * 60 * img_s / max(1, n_train))))
+
+
+def run_point(task: dict[str, Any]) -> dict[str, Any]:
+    """Train and measure one (design, seed): the executor's task.
+
+    ``task`` holds plain data only (the genome as a dict, the training
+    configuration as a dict, paths), so it runs in another process or on a
+    Ray node that sees the same paths. Idempotent: a finished point returns
+    its ``result.json``; an interrupted one resumes its training state.
+    """
+    from .bench import CpuMonitor
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+    from .ort import images_per_second, session
+
+    out = Path(task["dir"])
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    genome = Genome.from_dict(task["genome"])
+    gpath = out / "genome.json"
+    if not gpath.is_file():
+        atomic_write_text(gpath, genome.to_json())
+    tcfg = dataclasses.replace(from_dict(TrainConfig, task["train"]), model=str(gpath), seed=task["seed"])
+    if task.get("minutes"):
+        ep_file = out / "epochs.json"  # chosen once: a resumed point keeps its schedule
+        if not ep_file.is_file():
+            atomic_write_json(ep_file, {"epochs": _epochs_for(genome, tcfg, task["n_train"], task["minutes"])})
+        tcfg = dataclasses.replace(tcfg, epochs=json.loads(ep_file.read_text())["epochs"])
+    from .train import run_training
+
+    m = run_training(tcfg, out / "train", resume=True, progress=False)
+    ck = load_checkpoint(out / "train" / "model")
+    prof = profile(ck.genome, tcfg.image_size)
+    onnx_path = out / "model.onnx"
+    check = export_onnx(ck.model, onnx_path, tcfg.image_size)
+    import numpy as np
+
+    threads = task.get("bench_threads") or os.cpu_count() or 1
+    sess = session(onnx_path, threads)
+    rng = np.random.default_rng(0)
+    x32 = rng.standard_normal((32, 3, tcfg.image_size, tcfg.image_size), dtype=np.float32)
+    with CpuMonitor() as mon:
+        img_s = images_per_second(sess, x32, runs=10, warmup=2, min_time=0.5)
+        b1_ms = 1000 / images_per_second(sess, x32[:1], runs=20, warmup=3, min_time=0.5)
+    result = {
+        "name": genome.name, "key": task["key"], "design": task["design"], "seed": task["seed"],
+        "genome": genome.to_dict(), "params": prof.params, "size_mb": prof.size_mb, "macs": prof.macs,
+        **memory_figures(prof), "energy_mj": energy_mj(prof, task.get("sram_kb") or 8192),
+        "heldout_top1": m["heldout_top1"], "test_top1": m["test_top1"], "test_split": m["test_split"],
+        "epochs": tcfg.epochs, "image_size": tcfg.image_size, "train_time_s": m["train_time_s"],
+        "ort_b32_img_s": img_s, "ort_b1_ms": b1_ms, "fps": 1000 / b1_ms, "ort_threads": threads,
+        "onnx_max_abs_diff": check["max_abs_diff"], "other_cpu_cores": mon.other_cores,
+        "machine_busy": mon.busy, "wall_s": time.perf_counter() - t0,
+    }
+    atomic_write_json(done, result)
+    return result
+
+
+# -- choosing -------------------------------------------------------------------------
+def _sign(objective: str) -> tuple[str, int]:
+    """(result field, +1 to maximise / -1 to minimise) of an objective."""
+    return {"top1": ("heldout_top1", 1), "size": ("size_mb", -1), "macs": ("macs", -1),
+            "latency": ("ort_b1_ms", -1)}[objective]
+
+
+def pareto(points: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[str]:
+    """Names of the points no other point beats on every objective (ties: both kept)."""
+    keys = [_sign(o) for o in objectives]
+
+    def vec(p: Mapping[str, Any]) -> tuple[float, ...]:
+        return tuple(s * float(p[f]) for f, s in keys)
+
+    vs = [vec(p) for p in points]
+    front = []
+    for i, p in enumerate(points):
+        dominated = any(all(a >= b for a, b in zip(vs[j], vs[i])) and any(a > b for a, b in zip(vs[j], vs[i]))
+                        for j in range(len(points)) if j != i)
+        if not dominated:
+            front.append(p["name"])
+    return front
+
+
+def seed_noise(points: Sequence[Mapping[str, Any]], heldout_images: int | None) -> tuple[float, str]:
+    """The seed-to-seed noise of held-out top-1: the pooled standard deviation
+    over points trained with several seeds, else the binomial standard error
+    of the mean held-out accuracy on ``heldout_images`` images."""
+    multi = [p for p in points if len(p["runs"]) >= 2]
+    if multi:
+        num = sum((len(p["runs"]) - 1) * statistics.variance([r["heldout_top1"] for r in p["runs"]]) for p in multi)
+        den = sum(len(p["runs"]) - 1 for p in multi)
+        return math.sqrt(num / den), f"pooled seed sd over {len(multi)} multi-seed points"
+    acc = statistics.mean(p["heldout_top1"] for p in points) if points else 0.5
+    n = max(1, heldout_images or 1)
+    return math.sqrt(acc * (1 - acc) / n), f"binomial standard error on {n} held-out images (one seed per point)"
+
+
+def saturation(curve: Sequence[tuple[Any, float]], noise: float) -> Any:
+    """The playbook's saturation point (4.4): the smallest value after which
+    held-out top-1 never rises more than ``noise`` above its own. ``curve`` is
+    (value, top-1) in order of capacity."""
+    for i, (v, acc) in enumerate(curve):
+        if all(a <= acc + noise for _, a in curve[i + 1:]):
+            return v
+    return curve[-1][0] if curve else None
+
+
+# -- the study ------------------------------------------------------------------------
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("explore needs Optuna: pip install 'squishednets[explore]' (optuna==5.0.0)") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # We drive the study with ask and tell and keep its heartbeats ourselves
+    # (``_Heartbeat``); Optuna warns about both, and marks heartbeats and
+    # their retry callback experimental, on every call.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    return optuna
+
+
+def _open_study(cfg: ExploreConfig, rd: RunDir) -> tuple[Any, Any]:
+    optuna = _optuna()
+    url = cfg.storage or f"sqlite:///{(rd.root / 'study.db').resolve()}"
+    try:
+        storage = optuna.storages.RDBStorage(
+            url, heartbeat_interval=max(1, cfg.grace_s // 4), grace_period=cfg.grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=max(1, cfg.executor.retries)))
+    except Exception as e:  # SQLAlchemy's many error types: a bad URL or an unreachable server
+        raise ConfigError(f"cannot open the Optuna storage {url!r} ({type(e).__name__}: {e}); give a SQLAlchemy "
+                          "URL such as sqlite:///study.db") from None
+    if cfg.strategy == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=cfg.seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
+    directions = ["maximize" if o == "top1" else "minimize" for o in cfg.objectives]
+    study = optuna.create_study(study_name=cfg.study, storage=storage, sampler=sampler, directions=directions,
+                                load_if_exists=True)
+    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
+                                  else optuna.study.StudyDirection.MINIMIZE for d in directions]:
+        raise ConfigError(f"study {cfg.study!r} in {url} has other objectives; use another --study")
+    return study, storage
+
+
+def _grid_designs(cfg: ExploreConfig) -> list[dict[str, Any]]:
+    """The one-axis sweeps: the base design, then each swept axis's values."""
+    designs = [dict(BASE)]
+    for axis in cfg.swept:
+        designs += [full_design({axis: v}) for v in AXES[axis] if v != BASE[axis]]
+    return designs
+
+
+def _suggest(trial: Any, cfg: ExploreConfig) -> dict[str, Any]:
+    return full_design({a: trial.suggest_categorical(a, list(AXES[a])) for a in cfg.swept})
+
+
+def _static_check(cfg: ExploreConfig, num_classes: int, image_size: int) -> None:
+    """Fail before any training when no design of the space can meet the
+    closed-form constraints (memory, energy)."""
+    if not any(getattr(cfg, k) is not None for k in ("sram_kb", "flash_kb", "mcu_sram_kb", "max_energy_mj")):
+        return
+    rng = random.Random(cfg.seed)
+    designs = _grid_designs(cfg) + [full_design({a: rng.choice(AXES[a]) for a in cfg.swept}) for _ in range(500)]
+    best: dict[str, float] = {}
+    for d in designs:
+        try:
+            prof = profile(design_genome(d, num_classes, cfg.round_to), image_size)
+        except (ConfigError, ValueError):
+            continue
+        point = {**memory_figures(prof), "energy_mj": energy_mj(prof, cfg.sram_kb or 8192)}
+        if not violations(point, cfg):
+            return
+        for k, v in point.items():
+            best[k] = min(best.get(k, math.inf), v)
+    raise ConfigError(
+        f"no design of the {cfg.strategy} space over {','.join(cfg.swept)} meets the constraints (smallest: "
+        f"{best.get('params_plus_activations_kb', 0):.0f} KB fp32 params + activations, "
+        f"{best.get('int8_flash_kb', 0):.0f} KB int8 weights, {best.get('int8_sram_kb', 0):.0f} KB int8 "
+        f"activations, {best.get('energy_mj', 0):.3f} mJ); relax them or add axes that shrink (width, base_e)")
+
+
+class _Heartbeat:
+    """Records a heartbeat for the trials in flight (Optuna does this only
+    inside ``study.optimize``; we drive the study with ask and tell)."""
+
+    def __init__(self, storage: Any, interval: float):
+        self.storage, self.interval = storage, interval
+        self.trials: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def add(self, trial_id: int) -> None:
+        # At once: a running trial with no heartbeat at all never goes stale.
+        self.storage.record_heartbeat(trial_id)
+        self.trials.add(trial_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for tid in list(self.trials):
+                try:
+                    self.storage.record_heartbeat(tid)
+                except Exception:  # a finished trial: nothing to keep alive
+                    self.trials.discard(tid)
+
+
+@dataclass
+class _Ctx:
+    cfg: ExploreConfig
+    rd: RunDir
+    num_classes: int
+    n_train: int
+    progress: Any
+
+    def task(self, design: dict[str, Any], seed: int) -> dict[str, Any]:
+        key = design_key(design)
+        return {"dir": str(self.rd.path(f"points/{key}/s{seed}")), "key": key, "design": design, "seed": seed,
+                "genome": design_genome(design, self.num_classes, self.cfg.round_to).to_dict(),
+                "train": to_dict(self.cfg.train), "minutes": self.cfg.minutes, "n_train": self.n_train,
+                "bench_threads": self.cfg.bench_threads, "sram_kb": self.cfg.sram_kb}
+
+
+def _values(results: list[dict[str, Any]], cfg: ExploreConfig) -> list[float]:
+    return [statistics.mean(float(r[_sign(o)[0]]) for r in results) for o in cfg.objectives]
+
+
+def _run_trials(study: Any, ctx: _Ctx, ex: Any, hb: _Heartbeat) -> None:
+    """Ask, run and tell until the study has its points (grid: the queue is empty)."""
+    optuna = _optuna()
+    cfg = ctx.cfg
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    failures = 0
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        state = optuna.trial.TrialState
+        waiting = [t for t in trials if t.state == state.WAITING]
+        running = [t for t in trials if t.state == state.RUNNING and t._trial_id not in hb.trials]
+        complete = {t.user_attrs.get("key") for t in trials if t.state == state.COMPLETE}
+        ctx.progress(len(complete))
+        if cfg.strategy == "grid":
+            todo = len(waiting)
+        else:
+            todo = min(cfg.trials - len(complete), max(0, cfg.trials * 3 - len(trials)))
+        if todo <= 0:
+            if running:  # another process's points, or a killed run's not yet stale: wait for them
+                time.sleep(min(5.0, cfg.grace_s / 4))
+                continue
+            return
+        batch = [study.ask() for _ in range(min(todo, ex.slots))]
+        tasks, owner = [], []
+        for t in batch:
+            hb.add(t._trial_id)  # Optuna's trial id (its public ``number`` counts per study)
+            design = _suggest(t, cfg)
+            t.set_user_attr("key", design_key(design))
+            t.set_user_attr("name", design_name(design))
+            for s in seeds:
+                tasks.append(ctx.task(design, s))
+                owner.append(t)
+        got: dict[int, list[dict[str, Any]]] = {t.number: [] for t in batch}
+        try:
+            for i, res in ex.map_unordered(run_point, tasks):
+                t = owner[i]
+                got[t.number].append(res)
+                if len(got[t.number]) == len(seeds):
+                    study.tell(t, _values(got[t.number], cfg))
+                    hb.trials.discard(t._trial_id)
+                    failures = 0
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            failures += 1
+            for t in batch:
+                if t._trial_id in hb.trials:
+                    study.tell(t, state=state.FAIL)
+                    hb.trials.discard(t._trial_id)
+            log.warning("design point failed (%s: %s)", type(e).__name__, e)
+            if failures >= 3:
+                raise
+        ctx.progress(None)
+
+
+# -- results --------------------------------------------------------------------------
+def _points(ctx: _Ctx, study: Any) -> list[dict[str, Any]]:
+    """Every evaluated design (a completed trial; a design asked twice counts
+    once) with its runs, one per seed, read back from disk, and their means."""
+    optuna = _optuna()
+    keys = dict.fromkeys(t.user_attrs.get("key") for t in
+                         study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    out = []
+    for key in filter(None, keys):
+        runs = [json.loads(f.read_text()) for f in sorted(ctx.rd.path(f"points/{key}").glob("s*/result.json"))]
+        if runs:
+            out.append(_aggregate(runs))
+    return out
+
+
+_MEANS = ("heldout_top1", "test_top1", "ort_b32_img_s", "ort_b1_ms", "fps", "train_time_s")
+
+
+def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    runs = sorted(runs, key=lambda r: r["seed"])
+    first = runs[0]
+    p = {k: first[k] for k in ("name", "key", "design", "genome", "params", "size_mb", "macs", "peak_activation_kb",
+                               "params_plus_activations_kb", "int8_flash_kb", "int8_sram_kb", "energy_mj",
+                               "epochs", "image_size")}
+    for k in _MEANS:
+        p[k] = statistics.mean(r[k] for r in runs)
+    p["heldout_top1_sd"] = statistics.stdev([r["heldout_top1"] for r in runs]) if len(runs) > 1 else None
+    p["test_top1_sd"] = statistics.stdev([r["test_top1"] for r in runs]) if len(runs) > 1 else None
+    p["seeds"] = [r["seed"] for r in runs]
+    p["machine_busy"] = any(r.get("machine_busy") for r in runs)
+    p["runs"] = [{k: r[k] for k in ("seed", "heldout_top1", "test_top1", "ort_b32_img_s", "ort_b1_ms",
+                                    "train_time_s")} for r in runs]
+    return p
+
+
+def _front_seeds(ctx: _Ctx, study: Any, ex: Any) -> list[dict[str, Any]]:
+    """Train more seeds of the front's points until every point on the front
+    (recomputed with the new means) has ``front_seeds`` of them."""
+    cfg = ctx.cfg
+    for _ in range(5):
+        points = _points(ctx, study)
+        front = set(pareto(points, cfg.objectives))
+        tasks = [ctx.task(p["design"], cfg.seed + i) for p in points if p["name"] in front
+                 for i in range(cfg.front_seeds) if cfg.seed + i not in p["seeds"]]
+        if not tasks:
+            return points
+        for _ in ex.map_unordered(run_point, tasks):
+            ctx.progress(None)
+    return _points(ctx, study)
+
+
+def _sweeps(points: list[dict[str, Any]], cfg: ExploreConfig, noise: float) -> dict[str, Any]:
+    """Each swept axis's curve (the points with every other axis at the base
+    design) and its saturation point."""
+    out: dict[str, Any] = {}
+    for axis in cfg.swept:
+        on = [p for p in points if all(p["design"][a] == BASE[a] for a in AXES if a != axis)]
+        order = {v: i for i, v in enumerate(AXES[axis])}
+        on.sort(key=lambda p: order.get(p["design"][axis], -1))
+        if len(on) < 2:
+            continue
+        curve = [(p["design"][axis], p["heldout_top1"]) for p in on]
+        sat = None if axis in CATEGORICAL else saturation(curve, noise)
+        out[axis] = {"values": [v for v, _ in curve], "heldout_top1": [a for _, a in curve],
+                     "heldout_top1_sd": [p["heldout_top1_sd"] for p in on],
+                     "test_top1": [p["test_top1"] for p in on], "size_mb": [p["size_mb"] for p in on],
+                     "names": [p["name"] for p in on], "saturation": sat, "paper": PAPER_SATURATION.get(axis)}
+    return out
+
+
+def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
+            say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the exploration in ``out`` and write ``explore.json``,
+    ``explore.md``, ``explore.html`` (and ``designs/`` with ``--top``)."""
+    from tqdm import tqdm
+
+    from .data import load_splits
+
+    t0 = time.perf_counter()
+    _optuna()
+    classes = check_dataset(cfg.train.data)
+    tc = cfg.train
+    _static_check(cfg, len(classes), tc.image_size)
+    # Decoded once here, so that every worker finds the cache (and the sizes of the sets are known).
+    splits = load_splits(tc.data, tc.image_size, tc.holdout, tc.split_seed, tc.cache_dir, progress=progress)
+    rd = RunDir.open(out, cfg, "explore")
+    study, storage = _open_study(cfg, rd)
+    if cfg.strategy == "grid":
+        for d in _grid_designs(cfg):
+            study.enqueue_trial({a: d[a] for a in cfg.swept}, skip_if_exists=True)
+    total = len(_grid_designs(cfg)) if cfg.strategy == "grid" else cfg.trials
+    bar = tqdm(total=total, desc="explore", unit="point", disable=not progress, dynamic_ncols=True)
+
+    def tick(done: int | None) -> None:
+        if done is not None:
+            bar.n = min(done, total)
+        bar.refresh()
+
+    ctx = _Ctx(cfg, rd, len(classes), len(splits.train), tick)
+    say(f"exploring {cfg.strategy} over {','.join(cfg.swept)}: {total} design points x {cfg.seeds} seed(s), "
+        f"{cfg.minutes and f'{cfg.minutes:g} min' or f'{tc.epochs} epochs'} each at {tc.image_size} px; "
+        f"study {cfg.study!r}")
+    with make_executor(cfg.executor) as ex, _Heartbeat(storage, max(1, cfg.grace_s // 4)) as hb:
+        say(f"      on {ex.name}")
+        _run_trials(study, ctx, ex, hb)
+        bar.close()
+        say(f"      training {cfg.front_seeds} seeds of every Pareto-front point")
+        points = _front_seeds(ctx, study, ex)
+    if not points:
+        raise ConfigError(f"no design point finished in {out}; see the warnings above")
+    noise, noise_source = seed_noise(points, len(splits.heldout))
+    front = pareto(points, cfg.objectives)
+    for p in points:
+        p["pareto"] = p["name"] in front
+        p["violations"] = violations(p, cfg)
+        p["meets_constraints"] = not p["violations"]
+    doc = {
+        "strategy": cfg.strategy, "axes": list(cfg.swept), "objectives": list(cfg.objectives),
+        "selected_by": SELECTED_BY, "config": to_dict(cfg), "data": tc.data, "classes": classes,
+        "image_size": tc.image_size, "heldout_images": len(splits.heldout), "test_images": len(splits.test),
+        "test_split": splits.test_name, "constraints": _constraints(cfg), "energy_pj": ENERGY_PJ,
+        "base": BASE, "seed_noise": noise, "seed_noise_source": noise_source,
+        "saturation_rule": "the smallest value after which held-out top-1 never rises more than the seed noise",
+        "points": sorted(points, key=lambda p: -p["heldout_top1"]), "pareto": front,
+        "meets_constraints": [p["name"] for p in points if p["meets_constraints"]],
+        "sweeps": _sweeps(points, cfg, noise), "executor": ex.name, "wall_s_this_session": time.perf_counter() - t0,
+    }
+    doc["saturation"] = {a: s["saturation"] for a, s in doc["sweeps"].items()}
+    doc["files"] = _write_outputs(doc, rd.root, cfg)
+    rd.finish("explore", {"points": len(points), "pareto": front})
+    return doc
+
+
+def _best(doc: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """The best ``k`` designs by held-out top-1 among those meeting the
+    constraints, front points first."""
+    ok = [p for p in doc["points"] if p["meets_constraints"]]
+    return sorted(ok, key=lambda p: (not p["pareto"], -p["heldout_top1"]))[:k]
+
+
+def _write_outputs(doc: dict[str, Any], root: Path, cfg: ExploreConfig) -> dict[str, str]:
+    files = {"json": root / "explore.json", "markdown": root / "explore.md", "html": root / "explore.html"}
+    if cfg.top:
+        for p in _best(doc, cfg.top):
+            files[f"design:{p['name']}"] = root / "designs" / f"{p['name']}.json"
+            atomic_write_text(files[f"design:{p['name']}"], json.dumps(p["genome"], indent=2))
+    figs = _figures(doc)
+    for name, b64 in figs.items():
+        import base64
+
+        files[name] = root / f"{name}.png"
+        atomic_write_bytes(files[name], base64.b64decode(b64))
+    paths = {k: str(v) for k, v in files.items()}
+    doc["files"] = paths
+    atomic_write_text(files["markdown"], markdown(doc))
+    atomic_write_text(files["html"], _page(doc, figs))
+    atomic_write_json(files["json"], doc)
+    return paths
+
+
+# -- tables and pictures --------------------------------------------------------------
+_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("design", lambda p: p["name"]),
+    ("changed from v1.1", lambda p: ", ".join(f"{k}={v}" for k, v in p["design"].items() if v != BASE[k]) or "—"),
+    ("size MB", lambda p: f"{p['size_mb']:.3f}"),
+    ("MMACs", lambda p: f"{p['macs'] / 1e6:.1f}"),
+    ("peak act KB", lambda p: f"{p['peak_activation_kb']:.0f}"),
+    ("held-out top-1", lambda p: f"{p['heldout_top1'] * 100:.1f}%"
+     + (f" ± {p['heldout_top1_sd'] * 100:.1f}" if p["heldout_top1_sd"] is not None else "")),
+    ("test top-1", lambda p: f"{p['test_top1'] * 100:.1f}%"),
+    ("seeds", lambda p: str(len(p["seeds"]))),
+    ("ORT img/s b32", lambda p: f"{p['ort_b32_img_s']:.0f}"),
+    ("b1 ms", lambda p: f"{p['ort_b1_ms']:.2f}"),
+    ("mJ/frame", lambda p: f"{p['energy_mj']:.3f}"),
+    ("front", lambda p: "yes" if p["pareto"] else ""),
+    ("meets", lambda p: "yes" if p["meets_constraints"] else "; ".join(p["violations"])),
+]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# Design-space exploration ({doc['strategy']}: {', '.join(doc['axes'])})", "",
+             f"{len(doc['points'])} design points on {doc['data']} at {doc['image_size']} px; chosen by held-out "
+             f"top-1 ({doc['heldout_images']} images), test top-1 ({doc['test_split']}, {doc['test_images']} "
+             f"images) reported only. Seed noise {doc['seed_noise'] * 100:.2f} points ({doc['seed_noise_source']}).",
+             "", "| " + " | ".join(h for h, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join(fn(p) for _, fn in _COLUMNS) + " |" for p in doc["points"]]
+    if doc["sweeps"]:
+        lines += ["", "## Saturation points", "", f"Rule: {doc['saturation_rule']}.", "",
+                  "| axis | values | held-out top-1 | saturation | SqueezeNet paper (ImageNet top-5) |",
+                  "|---|---|---|---|---|"]
+        for axis, s in doc["sweeps"].items():
+            paper = s["paper"]
+            lines.append(f"| {axis} | {', '.join(map(str, s['values']))} | "
+                         f"{', '.join(f'{a * 100:.1f}' for a in s['heldout_top1'])} | {s['saturation']} | "
+                         + (f"{paper['value']} ({paper['top5'] * 100:.1f}%)" if paper else "—") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figures(doc: dict[str, Any]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import figure_png
+
+    figs = {}
+    pts = doc["points"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, (field, label, scale) in zip(axes, (("size_mb", "size (MB)", 1), ("macs", "MACs (M)", 1e-6),
+                                                ("ort_b1_ms", "batch-1 latency in ONNX Runtime (ms)", 1))):
+        for group, style in ((False, dict(color="0.6", marker="o", s=18)), (True, dict(color="C3", marker="*", s=90))):
+            sel = [p for p in pts if p["pareto"] == group]
+            ax.scatter([p[field] * scale for p in sel], [p["heldout_top1"] * 100 for p in sel],
+                       label="Pareto front" if group else "design point", **style)
+        ok = [p for p in pts if p["meets_constraints"] and doc["constraints"]]
+        if ok:
+            ax.scatter([p[field] * scale for p in ok], [p["heldout_top1"] * 100 for p in ok], facecolors="none",
+                       edgecolors="C2", s=160, label="meets the constraints")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("held-out top-1 (%)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Held-out top-1 against size, MACs and latency")
+    figs["explore_pareto"] = figure_png(fig)
+    sweeps = doc["sweeps"]
+    if sweeps:
+        fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
+        for ax, (axis, s) in zip(axes[0], sweeps.items()):
+            xs = list(range(len(s["values"])))
+            err = [0 if e is None else e * 100 for e in s["heldout_top1_sd"]]
+            ax.errorbar(xs, [a * 100 for a in s["heldout_top1"]], yerr=err, marker="o", capsize=3,
+                        label="held-out top-1")
+            ax.plot(xs, [a * 100 for a in s["test_top1"]], marker=".", linestyle=":", color="0.5",
+                    label="test top-1 (reported)")
+            if s["saturation"] is not None:
+                ax.axvline(s["values"].index(s["saturation"]), color="C3", linestyle="--",
+                           label=f"saturation: {s['saturation']}")
+            if s["paper"]:
+                ax.set_title(f"{axis} (SqueezeNet paper on ImageNet: {s['paper']['value']})")
+            else:
+                ax.set_title(axis)
+            ax.set_xticks(xs, [str(v) for v in s["values"]])
+            ax.set_xlabel(axis)
+            ax.set_ylabel("top-1 (%)")
+            ax.legend(fontsize=8)
+        figs["explore_sweeps"] = figure_png(fig)
+    return figs
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>SquishedNets design-space exploration</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }} td {{ white-space: nowrap; }}
+td:first-child, th:first-child {{ text-align: left; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Design-space exploration</h1>
+{body}
+</body></html>
+"""
+
+
+def _table(rows: list[dict[str, Any]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in _COLUMNS)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(fn(p))}</td>" for _, fn in _COLUMNS) + "</tr>" for p in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+def _page(doc: dict[str, Any], figs: dict[str, str]) -> str:
+    cons = ", ".join(f"{k} {v:g}" for k, v in doc["constraints"].items()) or "none"
+    intro = (f"{len(doc['points'])} design points ({doc['strategy']} over {', '.join(doc['axes'])}) on "
+             f"{doc['data']} at {doc['image_size']} px, ran {doc['executor']}. Choices use held-out top-1; test "
+             f"top-1 is reported only. Seed noise {doc['seed_noise'] * 100:.2f} points ({doc['seed_noise_source']}). "
+             f"Constraints: {cons}. Energy is an estimate from counts: {doc['energy_pj']} pJ per MAC and per "
+             "32-bit SRAM/DRAM access (Horowitz 2014, 45 nm).")
+    meets = [p for p in doc["points"] if p["meets_constraints"]]
+    imgs = "".join(f'<figure><img id="{k}" src="data:image/png;base64,{v}" alt="{k}"></figure>' for k, v in figs.items())
+    sat = "".join(f"<li>{html.escape(a)}: {html.escape(str(s['saturation']))}"
+                  + (f" (SqueezeNet paper on ImageNet: {s['paper']['value']})" if s["paper"] else "") + "</li>"
+                  for a, s in doc["sweeps"].items())
+    body = (f"<p>{html.escape(intro)}</p>{imgs}<h2>Saturation points</h2><p>{html.escape(doc['saturation_rule'])}"
+            f"</p><ul>{sat}</ul><h2>Designs meeting the constraints ({len(meets)})</h2>"
+            + _table(meets, "meets") + "<h2>Every design point</h2>" + _table(doc["points"], "points"))
+    return _PAGE.format(body=body)
+
+
+def summary(doc: dict[str, Any]) -> str:
+    """The command's text output."""
+    lines = [f"{len(doc['points'])} design points; Pareto front ({', '.join(doc['objectives'])}): "
+             f"{', '.join(doc['pareto'])}"]
+    for a, s in doc["sweeps"].items():
+        paper = f" (SqueezeNet paper, ImageNet: {s['paper']['value']})" if s["paper"] else ""
+        lines.append(f"saturation of {a}: {s['saturation']}{paper}")
+    if doc["constraints"]:
+        lines.append(f"meeting {', '.join(f'{k} {v:g}' for k, v in doc['constraints'].items())}: "
+                     f"{', '.join(doc['meets_constraints']) or 'none'}")
+    lines += [f"{k}: {v}" for k, v in doc["files"].items()]
+    return "\n".join(lines)

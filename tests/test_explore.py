@@ -1,0 +1,231 @@
+"""Design-space exploration: designs as genomes, the choosing rules, and whole
+explore runs on tiny data (resume, kill -9, executors, constraints)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from squishednets.cli import main  # noqa: E402
+from squishednets.errors import ConfigError  # noqa: E402
+from squishednets.executor import ExecConfig  # noqa: E402
+from squishednets.explore import (AXES, BASE, EXPLORE_TRAIN, ExploreConfig, design_genome, design_key,  # noqa: E402
+                                  energy_mj, explore, full_design, memory_figures, pareto, saturation, seed_noise,
+                                  violations)
+from squishednets.genome import get_genome, load_genome_file  # noqa: E402
+from squishednets.metrics import profile  # noqa: E402
+
+
+def test_base_design_is_squeezenet11():
+    g = design_genome(BASE, 10)
+    ref = get_genome("squeezenet1_1", 10, batchnorm=True)
+    assert (g.stem, g.fires, g.pool_after, g.num_classes, g.batchnorm) == (
+        ref.stem, ref.fires, ref.pool_after, ref.num_classes, ref.batchnorm)
+    assert g.name == "squeezenet1_1"
+
+
+@pytest.mark.parametrize("axis", list(AXES))
+def test_every_axis_value_builds_a_genome_with_exact_costs(axis):
+    for v in AXES[axis]:
+        g = design_genome({axis: v}, 7)
+        prof = profile(g, 64)
+        assert prof.params > 0 and prof.macs > 0
+        assert design_key({axis: v}) == design_key(full_design({axis: v}))
+
+
+def test_bad_designs_fail_clearly():
+    with pytest.raises(ConfigError, match="unknown design axis"):
+        full_design({"kernel": 3})
+    with pytest.raises(ConfigError, match="has no value 0.3"):
+        full_design({"sr": 0.3})
+
+
+def test_bad_options_fail_clearly():
+    with pytest.raises(ConfigError, match="unknown axis"):
+        ExploreConfig(axes=("sr", "nope"))
+    with pytest.raises(ConfigError, match="top1 plus"):
+        ExploreConfig(objectives=("size", "macs"))
+    with pytest.raises(ConfigError, match="min-top1"):
+        ExploreConfig(min_top1=75.0)
+    with pytest.raises(ConfigError, match="sram-kb"):
+        ExploreConfig(sram_kb=0)
+
+
+def _pt(name, top1, size, macs, lat=1.0):
+    return {"name": name, "heldout_top1": top1, "size_mb": size, "macs": macs, "ort_b1_ms": lat}
+
+
+def test_pareto_keeps_the_undominated():
+    pts = [_pt("a", 0.8, 1.0, 10), _pt("b", 0.7, 0.5, 10), _pt("c", 0.7, 1.0, 10), _pt("d", 0.9, 2.0, 20),
+           _pt("e", 0.9, 2.0, 20)]
+    assert pareto(pts, ("top1", "size")) == ["a", "b", "d", "e"]  # c is beaten by a; d and e tie
+    assert pareto(pts, ("top1", "macs")) == ["a", "d", "e"]
+
+
+def test_saturation_rule():
+    # Rises, then flat within the noise: saturates at the first value of the plateau.
+    assert saturation([(0.125, 0.60), (0.25, 0.70), (0.5, 0.74), (0.75, 0.75), (1.0, 0.745)], 0.02) == 0.5
+    # Still rising at the end: the last value.
+    assert saturation([(1, 0.5), (2, 0.6), (3, 0.7)], 0.01) == 3
+    # Flat from the start.
+    assert saturation([(1, 0.7), (2, 0.7), (3, 0.71)], 0.02) == 1
+
+
+def test_seed_noise_pooled_or_binomial():
+    one = [{"runs": [{"heldout_top1": 0.5}], "heldout_top1": 0.5}]
+    sd, src = seed_noise(one, 100)
+    assert sd == pytest.approx(0.05) and "binomial" in src
+    two = [{"runs": [{"heldout_top1": 0.5}, {"heldout_top1": 0.7}], "heldout_top1": 0.6}]
+    sd, src = seed_noise(one + two, 100)
+    assert sd == pytest.approx(0.1414, abs=1e-3) and "pooled" in src
+
+
+def test_memory_both_ways_and_energy():
+    prof = profile(get_genome("squeezenet1_1", 10, batchnorm=True), 64)
+    m = memory_figures(prof)
+    assert m["params_plus_activations_kb"] == pytest.approx((prof.params * 4 + prof.peak_activation_bytes) / 1024)
+    assert m["int8_sram_kb"] == pytest.approx(m["peak_activation_kb"] / 4)
+    assert prof.params / 1024 < m["int8_flash_kb"] < prof.params * 4 / 1024
+    # Off-chip memory costs more energy than on-chip.
+    assert energy_mj(prof, sram_kb=1) > energy_mj(prof, sram_kb=8192) > prof.macs * 4.6e-9
+
+
+def test_violations():
+    cfg = ExploreConfig(sram_kb=100, min_top1=0.5, min_fps=10)
+    p = {"params_plus_activations_kb": 150, "heldout_top1": 0.6, "fps": 5}
+    v = violations(p, cfg)
+    assert len(v) == 2 and "150 KB > 100 KB" in v[0] and "frames/s" in v[1]
+
+
+def _cfg(data, **kw) -> ExploreConfig:
+    train = dataclasses.replace(EXPLORE_TRAIN, data=str(data), image_size=32, epochs=1, batch_size=8, threads=1,
+                                holdout=0.34)
+    base = dict(strategy="grid", axes=("width",), front_seeds=2, grace_s=2, bench_threads=1, train=train,
+                executor=ExecConfig())
+    base.update(kw)
+    return ExploreConfig(**base)
+
+
+def _results(out: Path) -> dict[str, float]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("points/*/*/result.json")}
+
+
+def test_grid_explore_end_to_end_and_resume(tiny_data, tmp_path):
+    out = tmp_path / "ex"
+    doc = explore(_cfg(tiny_data, top=2, sram_kb=8192), out, progress=False, say=lambda s: None)
+    assert len(doc["points"]) == len(AXES["width"])  # the base (width 1.0) and the three others
+    for p in doc["points"]:
+        for k in ("name", "genome", "size_mb", "macs", "peak_activation_kb", "heldout_top1", "test_top1", "seeds",
+                  "ort_b32_img_s", "ort_b1_ms", "energy_mj", "meets_constraints", "int8_flash_kb", "int8_sram_kb"):
+            assert k in p
+        assert 0 <= p["heldout_top1"] <= 1 and p["ort_b32_img_s"] > 0
+    sizes = {p["design"]["width"]: p["size_mb"] for p in doc["points"]}
+    assert sizes[0.25] < sizes[0.5] < sizes[0.75] < sizes[1.0]
+    assert set(doc["pareto"]) <= {p["name"] for p in doc["points"]} and doc["pareto"]
+    for p in doc["points"]:  # every front point has two seeds
+        assert len(p["seeds"]) >= (2 if p["pareto"] else 1)
+    assert doc["saturation"]["width"] in AXES["width"]
+    assert doc["selected_by"] == "heldout"
+    on_disk = json.loads((out / "explore.json").read_text())
+    assert on_disk["pareto"] == doc["pareto"]
+    assert (out / "explore.html").read_text().count("data:image/png;base64,") == 2
+    assert "| design |" in (out / "explore.md").read_text()
+    designs = sorted((out / "designs").glob("*.json"))
+    assert len(designs) == 2 and load_genome_file(designs[0]).num_classes == 3
+    # The same command again trains nothing.
+    before = _results(out)
+    doc2 = explore(_cfg(tiny_data, top=2, sram_kb=8192), out, progress=False, say=lambda s: None)
+    assert _results(out) == before
+    assert [p["name"] for p in doc2["points"]] == [p["name"] for p in doc["points"]]
+    # Other settings refuse the folder.
+    with pytest.raises(ConfigError, match="other settings"):
+        explore(_cfg(tiny_data, axes=("sr",)), out, progress=False, say=lambda s: None)
+
+
+def test_processes_give_the_same_study_as_in_process(tiny_data, tmp_path):
+    a = explore(_cfg(tiny_data, front_seeds=1), tmp_path / "a", progress=False, say=lambda s: None)
+    b = explore(_cfg(tiny_data, front_seeds=1, executor=ExecConfig(workers=2)), tmp_path / "b", progress=False,
+                say=lambda s: None)
+    key = lambda d: {p["name"]: (p["heldout_top1"], p["test_top1"], p["size_mb"]) for p in d["points"]}  # noqa: E731
+    assert key(a) == key(b)
+    assert "processes" in b["executor"]
+
+
+def test_ray_gives_the_same_study_as_in_process(local_ray, tiny_data, tmp_path):
+    a = explore(_cfg(tiny_data, front_seeds=1), tmp_path / "a", progress=False, say=lambda s: None)
+    b = explore(_cfg(tiny_data, front_seeds=1, executor=ExecConfig(workers=2, ray_address="local")), tmp_path / "b",
+                progress=False, say=lambda s: None)
+    key = lambda d: {p["name"]: (p["heldout_top1"], p["test_top1"], p["size_mb"]) for p in d["points"]}  # noqa: E731
+    assert key(a) == key(b)
+    assert "ray" in b["executor"]
+
+
+def test_kill_9_then_resume_loses_nothing(tiny_data, tmp_path):
+    out = tmp_path / "ex"
+    args = ["explore", "--out", str(out), "--data", str(tiny_data), "--image-size", "32", "--epochs", "3",
+            "--train-batch-size", "8", "--threads", "1", "--train-holdout", "0.34", "--axes", "width",
+            "--front-seeds", "1", "--grace-s", "2", "--bench-threads", "1", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "squishednets.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600  # generous: a loaded CI machine
+    while time.time() < deadline and len(_results(out)) < 1:
+        time.sleep(0.2)
+    assert _results(out), "the first point never finished"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _results(out)
+    assert main(args) == 0
+    after = _results(out)
+    assert all(after[k] == before[k] for k in before)  # finished points were not trained again
+    doc = json.loads((out / "explore.json").read_text())
+    assert len(doc["points"]) == len(AXES["width"])
+    assert len({p["name"] for p in doc["points"]}) == len(doc["points"])
+
+
+def test_impossible_constraints_fail_before_training(tiny_data, tmp_path, capsys):
+    out = tmp_path / "ex"
+    rc = main(["explore", "--out", str(out), "--data", str(tiny_data), "--image-size", "32", "--sram-kb", "1",
+               "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meets the constraints" in err[0]
+    assert not out.exists()
+
+
+def test_bad_axes_on_the_command_line(tiny_data, tmp_path, capsys):
+    rc = main(["explore", "--out", str(tmp_path / "ex"), "--data", str(tiny_data), "--axes", "sr,bogus"])
+    assert rc == 2
+    assert "unknown axis" in capsys.readouterr().err
+
+
+def test_run_from_design_sets_the_ancestor(tmp_path):
+    from squishednets.cli import build_parser
+    from squishednets.config import flag_values, resolve
+    from squishednets.pipeline import RunConfig
+
+    g = tmp_path / "d.json"
+    g.write_text(design_genome({"sr": 0.25}, 10).to_json())
+    a = build_parser().parse_args(["run", "--from-design", str(g)])
+    cfg = resolve(RunConfig, flags=flag_values(a))
+    assert cfg.ancestor.model == str(g)
+    assert os.path.isfile(cfg.ancestor.model)
+
+
+def test_run_refuses_a_design_evolution_cannot_shrink_before_training(tiny_data, tmp_path, capsys):
+    g = tmp_path / "grouped.json"
+    g.write_text(design_genome({"groups": 4}, 3).to_json())
+    out = tmp_path / "run"
+    assert main(["run", "--from-design", str(g), "--data", str(tiny_data), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dense" in err[0]
+    assert not out.exists()
