@@ -12,9 +12,9 @@ again after an interruption; it trains nothing twice):
 The merged points (one entry per design; held-out top-1 chooses, test top-1
 is reported), the Pareto front over all of them, the saturation points of the
 sweeps and the playbook's constraints (8192 KB SRAM, 30 FPS) go to
-``results/explore_imagenette.json``. The speed figures are taken again at the
-end, every point's ONNX file in interleaved rounds (medians), because the
-points' own timings ran beside whatever else the machine was doing.
+``results/explore_imagenette.json``. Each explore run times every point again
+at its end, serially, in interleaved rounds (medians): those are the speed
+figures here.
 
     python benchmarks/explore.py --runs-dir runs/explore --trials 36
 """
@@ -23,49 +23,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import time
 from pathlib import Path
-
-import numpy as np
 
 from common import write_result
 
 from squishednets.bench import CpuMonitor
-from squishednets.ort import images_per_second, session
 from squishednets.explore import AXES, EXPLORE_TRAIN, ExploreConfig, explore, pareto, violations
 
 FIELDS = ("name", "genome", "design", "size_mb", "params", "macs", "peak_activation_kb", "params_plus_activations_kb",
           "int8_flash_kb", "int8_sram_kb", "heldout_top1", "heldout_top1_sd", "test_top1", "test_top1_sd", "seeds",
           "epochs", "image_size", "ort_b32_img_s", "ort_b1_ms", "fps", "energy_mj", "train_time_s", "machine_busy")
-
-
-def retime(points: list[dict], root: Path, rounds: int, threads: int) -> dict:
-    """ONNX Runtime images/s at batch 32 and batch-1 latency of every point,
-    ``rounds`` interleaved rounds, medians; returns the timing record."""
-    files = {}
-    for p in points:
-        found = sorted(root.glob(f"*/points/{p['genome_key']}/s*/model.onnx"))
-        if found:
-            files[p["name"]] = found[0]
-    size = points[0]["image_size"] if points else 64
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((32, 3, size, size), dtype=np.float32)
-    b32: dict[str, list[float]] = {n: [] for n in files}
-    b1: dict[str, list[float]] = {n: [] for n in files}
-    with CpuMonitor() as mon:
-        for _ in range(rounds):
-            for n, f in files.items():
-                sess = session(f, threads)
-                b32[n].append(images_per_second(sess, x, runs=10, warmup=2, min_time=0.5))
-                b1[n].append(1000 / images_per_second(sess, x[:1], runs=20, warmup=3, min_time=0.5))
-    for p in points:
-        if p["name"] in files:
-            p["ort_b32_img_s"] = statistics.median(b32[p["name"]])
-            p["ort_b1_ms"] = statistics.median(b1[p["name"]])
-            p["fps"] = 1000 / p["ort_b1_ms"]
-    return {"rounds": rounds, "threads": threads, "points_timed": len(files), "other_cpu_cores": mon.other_cores,
-            "machine_busy": mon.busy}
 
 
 def main() -> None:
@@ -78,13 +46,12 @@ def main() -> None:
     ap.add_argument("--name", default="explore_imagenette")
     ap.add_argument("--stage", choices=("grid", "nsga2", "both"), default="both")
     ap.add_argument("--threads", type=int, default=None, help="training threads per point (off: every core)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the final timing")
-    ap.add_argument("--timing-threads", type=int, default=2, help="ONNX Runtime threads of the final timing")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each run's final timing")
     args = ap.parse_args()
     root = Path(args.runs_dir)
     train = dataclasses.replace(EXPLORE_TRAIN, data=args.data, image_size=args.image_size, epochs=args.epochs,
                                 threads=args.threads)
-    common = dict(train=train, sram_kb=8192, min_fps=30, front_seeds=2, top=3)
+    common = dict(train=train, sram_kb=8192, min_fps=30, front_seeds=2, top=3, timing_rounds=args.rounds)
     runs = {
         "grid": ExploreConfig(strategy="grid", axes=tuple(AXES), **common),
         "nsga2": ExploreConfig(strategy="nsga2", trials=args.trials, population=12,
@@ -104,7 +71,6 @@ def main() -> None:
                 points[p["name"]] = {**{k: p.get(k) for k in FIELDS}, "genome_key": p["key"], "found_by": name}
     cfg = runs["grid"]
     merged = sorted(points.values(), key=lambda p: -p["heldout_top1"])
-    timing = retime(merged, root, args.rounds, args.timing_threads)
     front = pareto(merged, cfg.objectives)
     for p in merged:
         p["pareto"] = p["name"] in front
@@ -118,9 +84,9 @@ def main() -> None:
         "meets_constraints": [p["name"] for p in merged if p["meets_constraints"]],
         "saturation": grid.get("saturation"), "sweeps": grid.get("sweeps"),
         "seed_noise": grid.get("seed_noise"), "seed_noise_source": grid.get("seed_noise_source"),
-        "runs": {k: {"points": len(d["points"]), "executor": d["executor"], "files": d["files"]}
-                 for k, d in docs.items()},
-        "timing": timing, "wall_s": time.perf_counter() - t0, "other_cpu_cores": mon.other_cores,
+        "runs": {k: {"points": len(d["points"]), "executor": d["executor"], "timing": d["timing"],
+                     "files": d["files"]} for k, d in docs.items()},
+        "wall_s": time.perf_counter() - t0, "other_cpu_cores": mon.other_cores,
         "machine_busy": mon.busy,
     })
 

@@ -35,12 +35,29 @@ def test_base_design_is_squeezenet11():
 
 
 @pytest.mark.parametrize("axis", list(AXES))
-def test_every_axis_value_builds_a_genome_with_exact_costs(axis):
+def test_every_axis_value_builds_its_own_genome(axis):
+    keys = set()
     for v in AXES[axis]:
         g = design_genome({axis: v}, 7)
         prof = profile(g, 64)
-        assert prof.params > 0 and prof.macs > 0
-        assert design_key({axis: v}) == design_key(full_design({axis: v}))
+        assert prof.params > 0 and prof.macs > 0 and g.num_classes == 7
+        keys.add(design_key({axis: v}))
+    assert len(keys) == len(AXES[axis])  # every value is another design
+
+
+def test_more_capacity_costs_more():
+    for axis in ("base_e", "incr_e", "pct3x3", "sr", "width", "stem_filters"):
+        sizes = [profile(design_genome({axis: v}, 10), 64).params for v in AXES[axis]]
+        assert sizes == sorted(sizes), axis
+    macs = [profile(design_genome({"pool": v}, 10), 64).macs for v in AXES["pool"]]
+    assert macs == sorted(macs)  # pooling later keeps more pixels
+
+
+def test_one_design_one_key():
+    assert design_key({"width": 1}) == design_key({"width": 1.0}) == design_key({})
+    assert full_design({"width": 1})["width"] == 1.0
+    with pytest.raises(ConfigError, match="depthwise has no value 1"):
+        full_design({"depthwise": 1})
 
 
 def test_bad_designs_fail_clearly():
@@ -229,3 +246,43 @@ def test_run_refuses_a_design_evolution_cannot_shrink_before_training(tiny_data,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dense" in err[0]
     assert not out.exists()
+
+
+def test_random_search_and_a_space_too_small(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="only 4 designs"):
+        explore(_cfg(tiny_data, strategy="random", trials=6), tmp_path / "x", progress=False, say=lambda s: None)
+    assert not (tmp_path / "x").exists()
+    doc = explore(_cfg(tiny_data, strategy="random", trials=3, axes=("width", "pool"), front_seeds=1),
+                  tmp_path / "r", progress=False, say=lambda s: None)
+    assert len(doc["points"]) >= 3
+    assert len({p["name"] for p in doc["points"]}) == len(doc["points"])
+    assert set(doc["fronts"]) == {"size", "macs", "latency"}
+
+
+def test_a_failing_point_fails_alone_and_three_stop_the_run(tiny_data, tmp_path, monkeypatch):
+    import squishednets.explore as ex_mod
+    from squishednets.errors import SquishedError
+
+    real = ex_mod._train_and_measure
+    bad = design_key({"width": 0.5})
+
+    def flaky(task, out, done):
+        if task["key"] == bad:
+            raise RuntimeError("out of memory")
+        return real(task, out, done)
+
+    monkeypatch.setattr(ex_mod, "_train_and_measure", flaky)
+    doc = explore(_cfg(tiny_data, front_seeds=1), tmp_path / "ex", progress=False, say=lambda s: None)
+    assert len(doc["points"]) == len(AXES["width"]) - 1
+    assert bad not in {p["key"] for p in doc["points"]}
+    # Fixed, the same command trains the missing point and nothing else.
+    monkeypatch.setattr(ex_mod, "_train_and_measure", real)
+    before = _results(tmp_path / "ex")
+    doc = explore(_cfg(tiny_data, front_seeds=1), tmp_path / "ex", progress=False, say=lambda s: None)
+    assert len(doc["points"]) == len(AXES["width"])
+    assert all(_results(tmp_path / "ex")[k] == v for k, v in before.items())
+    # Every point failing: one line, after three.
+    monkeypatch.setattr(ex_mod, "_train_and_measure", lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(SquishedError, match="three design points failed in a row.*disk full") as e:
+        explore(_cfg(tiny_data, axes=("sr",)), tmp_path / "ex2", progress=False, say=lambda s: None)
+    assert "\n" not in str(e.value)

@@ -251,8 +251,10 @@ class _Processes(_Base):
             if not finished:
                 for f in running:
                     f.cancel()
-                if running:
-                    self._drop_pool(kill=True)
+                # Whatever stopped the loop (a task's exception, a lost task, a
+                # caller that stopped reading), the pool may be broken or busy:
+                # the next call starts a fresh one rather than charge its tasks.
+                self._drop_pool(kill=bool(running))
 
     def _lose(self, i: int, lost: list[int], pending: deque) -> None:
         lost[i] += 1

@@ -34,6 +34,7 @@ top-1 only; test top-1 is reported.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import html
@@ -53,7 +54,7 @@ from typing import Any, Callable
 
 from .config import from_dict, option, to_dict
 from .data import check_dataset
-from .errors import ConfigError, GenomeError
+from .errors import ConfigError, GenomeError, SquishedError
 from .executor import ExecConfig, make_executor
 from .genome import Genome, StemSpec, make_divisible, pool_positions, squeezenet_design
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -112,8 +113,11 @@ def full_design(partial: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown design axis {unknown}; the axes are {', '.join(AXES)}")
     d = {**BASE, **partial}
     for k, v in d.items():
-        if v not in AXES[k] and v != BASE[k]:
+        # The axis's own value (1 and 1.0 are one width; True is not 1): one design, one key.
+        same = [a for a in AXES[k] if a == v and isinstance(a, bool) == isinstance(v, bool)]
+        if not same:
             raise ConfigError(f"design axis {k} has no value {v!r}; its values are {list(AXES[k])}")
+        d[k] = same[0]
     return d
 
 
@@ -180,22 +184,27 @@ class ExploreConfig:
                                         "multi-objective NSGA-II", choices=("grid", "random", "nsga2"))
     axes: tuple[str, ...] = option((), help="axes to vary, comma-separated (off: pct3x3,sr for grid; base_e,"
                                             "incr_e,freq,pct3x3,sr,width,pool otherwise); all: " + ",".join(AXES))
-    trials: int = option(24, help="random/nsga2: design points to evaluate")
+    trials: int = option(24, help="random/nsga2: design points to evaluate (raise it to extend a study)",
+                         resume=False)
     population: int = option(8, help="nsga2: population per generation")
     objectives: tuple[str, ...] = option(("top1", "size", "macs"), help="what the search and the Pareto front "
                                          "trade: top1 (held-out, up) and some of size, macs, latency (batch 1, down)")
     seeds: int = option(1, help="training seeds per design point")
-    front_seeds: int = option(2, help="seeds of every point on the final Pareto front (more are trained)")
+    front_seeds: int = option(2, help="seeds of every point on the final Pareto front (more are trained)",
+                              resume=False)
+    timing_rounds: int = option(3, help="interleaved rounds of the final ONNX Runtime timing of every point, "
+                                        "serially in this process (medians)", resume=False)
     minutes: float | None = option(None, help="per-point budget in minutes instead of --train-epochs (epochs "
                                               "from the measured speed of the design, recorded)")
     round_to: int = option(8, help="round every width to a multiple of this")
-    sram_kb: float | None = option(None, help="constraint: fp32 parameters + activations in KB (playbook: 8192)")
-    min_fps: float | None = option(None, help="constraint: frames/s at batch 1 in ONNX Runtime here")
-    min_top1: float | None = option(None, help="constraint: held-out top-1 (0-1)")
-    max_energy_mj: float | None = option(None, help="constraint: estimated energy per frame in mJ")
-    flash_kb: float | None = option(None, help="constraint: int8 weights in KB (microcontroller flash)")
-    mcu_sram_kb: float | None = option(None, help="constraint: peak int8 activations in KB (microcontroller SRAM)")
-    top: int = option(0, help="write the genomes of the best K designs meeting the constraints to OUT/designs/")
+    sram_kb: float | None = option(None, help="constraint: fp32 parameters + activations in KB (playbook: 8192)", resume=False)
+    min_fps: float | None = option(None, help="constraint: frames/s at batch 1 in ONNX Runtime here", resume=False)
+    min_top1: float | None = option(None, help="constraint: held-out top-1 (0-1)", resume=False)
+    max_energy_mj: float | None = option(None, help="constraint: estimated energy per frame in mJ", resume=False)
+    flash_kb: float | None = option(None, help="constraint: int8 weights in KB (microcontroller flash)", resume=False)
+    mcu_sram_kb: float | None = option(None, help="constraint: peak int8 activations in KB (microcontroller SRAM)", resume=False)
+    top: int = option(0, help="write the genomes of the best K designs meeting the constraints to OUT/designs/",
+                      resume=False)
     storage: str | None = option(None, help="Optuna storage URL shared by workers (off: sqlite in the run folder)",
                                  resume=False)
     study: str = option("explore", help="Optuna study name in the storage")
@@ -217,7 +226,7 @@ class ExploreConfig:
         if bad or "top1" not in self.objectives or len(self.objectives) < 2:
             raise ConfigError(f"--objectives must be top1 plus some of size, macs, latency, got "
                               f"{','.join(self.objectives) or 'none'}")
-        for name in ("trials", "population", "seeds", "front_seeds", "round_to", "grace_s"):
+        for name in ("trials", "population", "seeds", "front_seeds", "round_to", "grace_s", "timing_rounds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.top < 0:
@@ -289,23 +298,91 @@ def _epochs_for(genome: Genome, tcfg: TrainConfig, n_train: int, minutes: float)
     return max(1, min(200, int(minutes * 60 * img_s / max(1, n_train))))
 
 
+class _PointLock:
+    """One trainer per point folder: ``.lock`` is created exclusively and
+    touched while the point trains, so another process (a second worker on a
+    shared study, a duplicate design in flight) waits for the result instead
+    of training the point twice; a lock untouched for ``grace_s`` belongs to a
+    dead process and is taken over."""
+
+    def __init__(self, folder: Path, grace_s: float):
+        self.path, self.grace_s = folder / ".lock", grace_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, done: Path) -> bool:
+        """True once held; False when ``done`` appeared while waiting."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                if done.is_file():
+                    return False
+                try:
+                    if time.time() - self.path.stat().st_mtime > self.grace_s:
+                        self.path.unlink()  # its owner is gone
+                        continue
+                except FileNotFoundError:
+                    continue
+                time.sleep(min(1.0, self.grace_s / 4))
+        self._thread = threading.Thread(target=self._touch, daemon=True)
+        self._thread.start()
+        return True
+
+    def _touch(self) -> None:
+        while not self._stop.wait(max(0.5, self.grace_s / 4)):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
 def run_point(task: dict[str, Any]) -> dict[str, Any]:
     """Train and measure one (design, seed): the executor's task.
 
     ``task`` holds plain data only (the genome as a dict, the training
     configuration as a dict, paths), so it runs in another process or on a
     Ray node that sees the same paths. Idempotent: a finished point returns
-    its ``result.json``; an interrupted one resumes its training state.
+    its ``result.json``; an interrupted one resumes its training state; a
+    point another process is training is waited for (``_PointLock``).
     """
-    from .bench import CpuMonitor
-    from .checkpoint import load_checkpoint
-    from .export import export_onnx
-    from .ort import images_per_second, session
-
     out = Path(task["dir"])
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    lock = _PointLock(out, task["grace_s"])
+    if not lock.acquire(done):
+        return json.loads(done.read_text())
+    try:
+        if done.is_file():
+            return json.loads(done.read_text())
+        return _train_and_measure(task, out, done)
+    finally:
+        lock.release()
+
+
+def run_point_safe(task: dict[str, Any]) -> dict[str, Any]:
+    """``run_point``, with a failure returned as ``{"error": ...}`` so that
+    the driver fails that design's trial alone and goes on."""
+    try:
+        return run_point(task)
+    except Exception as e:  # any failure of one design must not stop the study
+        log.warning("design point %s failed: %s: %s", task["dir"], type(e).__name__, e)
+        return {"error": f"{type(e).__name__}: {e}", "dir": task["dir"]}
+
+
+def _train_and_measure(task: dict[str, Any], out: Path, done: Path) -> dict[str, Any]:
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+    from .train import run_training
+
     t0 = time.perf_counter()
     genome = Genome.from_dict(task["genome"])
     gpath = out / "genome.json"
@@ -317,34 +394,40 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
         if not ep_file.is_file():
             atomic_write_json(ep_file, {"epochs": _epochs_for(genome, tcfg, task["n_train"], task["minutes"])})
         tcfg = dataclasses.replace(tcfg, epochs=json.loads(ep_file.read_text())["epochs"])
-    from .train import run_training
-
     m = run_training(tcfg, out / "train", resume=True, progress=False)
     ck = load_checkpoint(out / "train" / "model")
     prof = profile(ck.genome, tcfg.image_size)
     onnx_path = out / "model.onnx"
     check = export_onnx(ck.model, onnx_path, tcfg.image_size)
-    import numpy as np
-
-    threads = task.get("bench_threads") or os.cpu_count() or 1
-    sess = session(onnx_path, threads)
-    rng = np.random.default_rng(0)
-    x32 = rng.standard_normal((32, 3, tcfg.image_size, tcfg.image_size), dtype=np.float32)
-    with CpuMonitor() as mon:
-        img_s = images_per_second(sess, x32, runs=10, warmup=2, min_time=0.5)
-        b1_ms = 1000 / images_per_second(sess, x32[:1], runs=20, warmup=3, min_time=0.5)
+    speed = ort_speed(onnx_path, tcfg.image_size, task.get("bench_threads"))
     result = {
         "name": genome.name, "key": task["key"], "design": task["design"], "seed": task["seed"],
         "genome": genome.to_dict(), "params": prof.params, "size_mb": prof.size_mb, "macs": prof.macs,
-        **memory_figures(prof), "energy_mj": energy_mj(prof, task.get("sram_kb") or 8192),
-        "heldout_top1": m["heldout_top1"], "test_top1": m["test_top1"], "test_split": m["test_split"],
-        "epochs": tcfg.epochs, "image_size": tcfg.image_size, "train_time_s": m["train_time_s"],
-        "ort_b32_img_s": img_s, "ort_b1_ms": b1_ms, "fps": 1000 / b1_ms, "ort_threads": threads,
-        "onnx_max_abs_diff": check["max_abs_diff"], "other_cpu_cores": mon.other_cores,
-        "machine_busy": mon.busy, "wall_s": time.perf_counter() - t0,
+        **memory_figures(prof), "heldout_top1": m["heldout_top1"], "test_top1": m["test_top1"],
+        "test_split": m["test_split"], "epochs": tcfg.epochs, "image_size": tcfg.image_size,
+        "train_time_s": m["train_time_s"], **speed, "onnx_max_abs_diff": check["max_abs_diff"],
+        "wall_s": time.perf_counter() - t0,
     }
     atomic_write_json(done, result)
     return result
+
+
+def ort_speed(onnx_path: Path, image_size: int, threads: int | None) -> dict[str, Any]:
+    """ONNX Runtime images/s at batch 32 and batch-1 latency (medians, the
+    ``bench`` protocol) and whether other processes used the CPU meanwhile."""
+    import numpy as np
+
+    from .bench import CpuMonitor
+    from .ort import images_per_second, session
+
+    threads = threads or os.cpu_count() or 1
+    sess = session(onnx_path, threads)
+    x32 = np.random.default_rng(0).standard_normal((32, 3, image_size, image_size), dtype=np.float32)
+    with CpuMonitor() as mon:
+        img_s = images_per_second(sess, x32, runs=10, warmup=2, min_time=0.5)
+        b1_ms = 1000 / images_per_second(sess, x32[:1], runs=20, warmup=3, min_time=0.5)
+    return {"ort_b32_img_s": img_s, "ort_b1_ms": b1_ms, "fps": 1000 / b1_ms, "ort_threads": threads,
+            "other_cpu_cores": mon.other_cores, "machine_busy": mon.busy}
 
 
 # -- choosing -------------------------------------------------------------------------
@@ -451,8 +534,10 @@ def _static_check(cfg: ExploreConfig, num_classes: int, image_size: int) -> None
     closed-form constraints (memory, energy)."""
     if not any(getattr(cfg, k) is not None for k in ("sram_kb", "flash_kb", "mcu_sram_kb", "max_energy_mj")):
         return
-    rng = random.Random(cfg.seed)
-    designs = _grid_designs(cfg) + [full_design({a: rng.choice(AXES[a]) for a in cfg.swept}) for _ in range(500)]
+    designs = _grid_designs(cfg)
+    if cfg.strategy != "grid":  # a sample of the joint space the search draws from
+        rng = random.Random(cfg.seed)
+        designs += [full_design({a: rng.choice(AXES[a]) for a in cfg.swept}) for _ in range(500)]
     best: dict[str, float] = {}
     for d in designs:
         try:
@@ -510,99 +595,163 @@ class _Ctx:
     num_classes: int
     n_train: int
     progress: Any
+    failures: int = 0
 
     def task(self, design: dict[str, Any], seed: int) -> dict[str, Any]:
         key = design_key(design)
-        return {"dir": str(self.rd.path(f"points/{key}/s{seed}")), "key": key, "design": design, "seed": seed,
-                "genome": design_genome(design, self.num_classes, self.cfg.round_to).to_dict(),
-                "train": to_dict(self.cfg.train), "minutes": self.cfg.minutes, "n_train": self.n_train,
-                "bench_threads": self.cfg.bench_threads, "sram_kb": self.cfg.sram_kb}
+        c = self.cfg
+        return {"dir": str(self.rd.path(f"points/{key}/s{seed}").resolve()), "key": key, "design": design,
+                "seed": seed, "genome": design_genome(design, self.num_classes, c.round_to, c.train.batchnorm).to_dict(),
+                "train": to_dict(c.train), "minutes": c.minutes, "n_train": self.n_train,
+                "bench_threads": c.bench_threads, "grace_s": c.grace_s}
+
+    def run(self, ex: Any, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each distinct task once (a design asked twice trains once); results
+        by point folder. Three failed points in a row stop the run with one line."""
+        unique = list({t["dir"]: t for t in tasks}.values())
+        out: dict[str, dict[str, Any]] = {}
+        for i, res in ex.map_unordered(run_point_safe, unique):
+            out[unique[i]["dir"]] = res
+            if "error" in res:
+                self.failures += 1
+                if self.failures >= 3:
+                    raise SquishedError(f"three design points failed in a row, the last {res['dir']} with "
+                                        f"{res['error']}; fix the cause and run the same command again")
+            else:
+                self.failures = 0
+                self.progress(1)
+        return out
 
 
 def _values(results: list[dict[str, Any]], cfg: ExploreConfig) -> list[float]:
     return [statistics.mean(float(r[_sign(o)[0]]) for r in results) for o in cfg.objectives]
 
 
-def _run_trials(study: Any, ctx: _Ctx, ex: Any, hb: _Heartbeat) -> None:
-    """Ask, run and tell until the study has its points (grid: the queue is empty)."""
+def _distributions(cfg: ExploreConfig) -> dict[str, Any]:
+    optuna = _optuna()
+    return {a: optuna.distributions.CategoricalDistribution(list(AXES[a])) for a in cfg.swept}
+
+
+def _complete(study: Any) -> dict[str, Any]:
+    """Finished designs by key (a design asked twice counts once)."""
+    optuna = _optuna()
+    done: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        done.setdefault(t.user_attrs.get("key"), t)
+    done.pop(None, None)
+    return done
+
+
+def _run_grid(study: Any, ctx: _Ctx, ex: Any) -> None:
+    """The sweeps: each design not yet in the study is trained, then added as
+    a finished trial (nothing is ever left running in the study: a killed run
+    leaves only its points' state on disk, which the next run resumes)."""
     optuna = _optuna()
     cfg = ctx.cfg
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    failures = 0
+    failed: set[str] = set()  # this session's failures; the next run tries them again
+    while True:
+        done = _complete(study)
+        todo = [d for d in _grid_designs(cfg) if design_key(d) not in done and design_key(d) not in failed]
+        if not todo:
+            return
+        batch = todo[:ex.slots]
+        tasks = [ctx.task(d, s) for d in batch for s in seeds]
+        res = ctx.run(ex, tasks)
+        for d in batch:
+            got = [res[t["dir"]] for t in tasks if t["key"] == design_key(d)]
+            if any("error" in r for r in got):
+                failed.add(design_key(d))
+                continue
+            study.add_trial(optuna.trial.create_trial(
+                params={a: d[a] for a in cfg.swept}, distributions=_distributions(cfg), values=_values(got, cfg),
+                user_attrs={"key": design_key(d), "name": design_name(d)}))
+
+
+def _space_size(cfg: ExploreConfig) -> int:
+    return math.prod(len(AXES[a]) for a in cfg.swept)
+
+
+def _revive_dead(study: Any, cfg: ExploreConfig, ours: set[int]) -> None:
+    """Running trials of a killed process that never got a heartbeat (killed
+    between ask and its first heartbeat) never go stale in Optuna: after
+    ``grace_s`` they are failed here, and an enqueued design is queued again."""
+    optuna = _optuna()
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        if t._trial_id in ours or "key" in t.user_attrs or now - started < cfg.grace_s:
+            continue
+        with contextlib.suppress(Exception):  # another process may have failed it first
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            fixed = t.system_attrs.get("fixed_params")
+            if fixed:
+                study.enqueue_trial(fixed)
+
+
+def _run_search(study: Any, ctx: _Ctx, ex: Any, hb: _Heartbeat) -> None:
+    """random / nsga2: ask, train, tell until ``trials`` designs are finished.
+    Queued trials (a killed run's designs, retried) always run first."""
+    optuna = _optuna()
+    state = optuna.trial.TrialState
+    cfg = ctx.cfg
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    asked = 0
     while True:
         optuna.storages.fail_stale_trials(study)
+        _revive_dead(study, cfg, hb.trials)
         trials = study.get_trials(deepcopy=False)
-        state = optuna.trial.TrialState
-        waiting = [t for t in trials if t.state == state.WAITING]
-        running = [t for t in trials if t.state == state.RUNNING and t._trial_id not in hb.trials]
-        complete = {t.user_attrs.get("key") for t in trials if t.state == state.COMPLETE}
-        ctx.progress(len(complete))
-        if cfg.strategy == "grid":
-            todo = len(waiting)
-        else:
-            todo = min(cfg.trials - len(complete), max(0, cfg.trials * 3 - len(trials)))
-        if todo <= 0:
-            if running:  # another process's points, or a killed run's not yet stale: wait for them
-                time.sleep(min(5.0, cfg.grace_s / 4))
+        waiting = sum(t.state == state.WAITING for t in trials)
+        elsewhere = sum(t.state == state.RUNNING and t._trial_id not in hb.trials for t in trials)
+        done = _complete(study)
+        todo = max(cfg.trials - len(done) - elsewhere, waiting)
+        if todo <= 0 or asked > 20 * cfg.trials:  # the cap: a sampler that only repeats itself
+            if elsewhere and asked <= 20 * cfg.trials:
+                time.sleep(min(5.0, cfg.grace_s / 4))  # other processes' points, or a dead one going stale
                 continue
             return
-        batch = [study.ask() for _ in range(min(todo, ex.slots))]
-        tasks, owner = [], []
-        for t in batch:
-            hb.add(t._trial_id)  # Optuna's trial id (its public ``number`` counts per study)
+        batch = []
+        for _ in range(min(todo, ex.slots)):
+            t = study.ask()
+            hb.add(t._trial_id)  # at once: Optuna's trial id (``number`` counts per study)
+            asked += 1
             design = _suggest(t, cfg)
             t.set_user_attr("key", design_key(design))
             t.set_user_attr("name", design_name(design))
-            for s in seeds:
-                tasks.append(ctx.task(design, s))
-                owner.append(t)
-        got: dict[int, list[dict[str, Any]]] = {t.number: [] for t in batch}
-        try:
-            for i, res in ex.map_unordered(run_point, tasks):
-                t = owner[i]
-                got[t.number].append(res)
-                if len(got[t.number]) == len(seeds):
-                    study.tell(t, _values(got[t.number], cfg))
-                    hb.trials.discard(t._trial_id)
-                    failures = 0
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:
-            failures += 1
-            for t in batch:
-                if t._trial_id in hb.trials:
-                    study.tell(t, state=state.FAIL)
-                    hb.trials.discard(t._trial_id)
-            log.warning("design point failed (%s: %s)", type(e).__name__, e)
-            if failures >= 3:
-                raise
-        ctx.progress(None)
+            batch.append((t, design))
+        tasks = [ctx.task(d, s) for _, d in batch for s in seeds]
+        res = ctx.run(ex, tasks)
+        for t, d in batch:
+            got = [res[x["dir"]] for x in tasks if x["key"] == design_key(d)]
+            if any("error" in r for r in got):
+                study.tell(t, state=state.FAIL)
+            else:
+                study.tell(t, _values(got, cfg))
+            hb.trials.discard(t._trial_id)
 
 
 # -- results --------------------------------------------------------------------------
 def _points(ctx: _Ctx, study: Any) -> list[dict[str, Any]]:
-    """Every evaluated design (a completed trial; a design asked twice counts
-    once) with its runs, one per seed, read back from disk, and their means."""
-    optuna = _optuna()
-    keys = dict.fromkeys(t.user_attrs.get("key") for t in
-                         study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    """Every finished design of this run folder (a design asked twice counts
+    once), its runs, one per seed, read back from disk, and their means."""
     out = []
-    for key in filter(None, keys):
+    for key in _complete(study):
         runs = [json.loads(f.read_text()) for f in sorted(ctx.rd.path(f"points/{key}").glob("s*/result.json"))]
         if runs:
-            out.append(_aggregate(runs))
+            out.append(_aggregate(runs, ctx.cfg.sram_kb or 8192))
     return out
 
 
 _MEANS = ("heldout_top1", "test_top1", "ort_b32_img_s", "ort_b1_ms", "fps", "train_time_s")
 
 
-def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _aggregate(runs: list[dict[str, Any]], sram_kb: float) -> dict[str, Any]:
     runs = sorted(runs, key=lambda r: r["seed"])
     first = runs[0]
     p = {k: first[k] for k in ("name", "key", "design", "genome", "params", "size_mb", "macs", "peak_activation_kb",
-                               "params_plus_activations_kb", "int8_flash_kb", "int8_sram_kb", "energy_mj",
-                               "epochs", "image_size")}
+                               "params_plus_activations_kb", "int8_flash_kb", "int8_sram_kb", "epochs", "image_size")}
+    # Energy here, not in the point: it depends on the SRAM budget, which a re-run may change.
+    p["energy_mj"] = energy_mj(profile(Genome.from_dict(first["genome"]), first["image_size"]), sram_kb)
     for k in _MEANS:
         p[k] = statistics.mean(r[k] for r in runs)
     p["heldout_top1_sd"] = statistics.stdev([r["heldout_top1"] for r in runs]) if len(runs) > 1 else None
@@ -625,9 +774,35 @@ def _front_seeds(ctx: _Ctx, study: Any, ex: Any) -> list[dict[str, Any]]:
                  for i in range(cfg.front_seeds) if cfg.seed + i not in p["seeds"]]
         if not tasks:
             return points
-        for _ in ex.map_unordered(run_point, tasks):
-            ctx.progress(None)
+        ctx.run(ex, tasks)
+    log.warning("the Pareto front kept changing with more seeds; some front points may have fewer than %d",
+                cfg.front_seeds)
     return _points(ctx, study)
+
+
+def _retime(points: list[dict[str, Any]], ctx: _Ctx) -> dict[str, Any]:
+    """Every point's ONNX Runtime speed again, serially in this process, in
+    interleaved rounds (medians): the points' own timings ran wherever and
+    beside whatever their executor put them, so only these compare."""
+    cfg = ctx.cfg
+    files = {p["name"]: f for p in points
+             for f in sorted(ctx.rd.path(f"points/{p['key']}").glob("s*/model.onnx"))[:1]}
+    got: dict[str, list[dict[str, Any]]] = {n: [] for n in files}
+    for _ in range(cfg.timing_rounds):
+        for p in points:
+            if p["name"] in files:
+                got[p["name"]].append(ort_speed(files[p["name"]], p["image_size"], cfg.bench_threads))
+                ctx.progress(1)
+    for p in points:
+        rounds = got.get(p["name"])
+        if rounds:
+            p["ort_b32_img_s"] = statistics.median(r["ort_b32_img_s"] for r in rounds)
+            p["ort_b1_ms"] = statistics.median(r["ort_b1_ms"] for r in rounds)
+            p["fps"] = 1000 / p["ort_b1_ms"]
+            p["machine_busy"] = any(r["machine_busy"] for r in rounds)
+    busy = [r["other_cpu_cores"] for rs in got.values() for r in rs if r["other_cpu_cores"] is not None]
+    return {"rounds": cfg.timing_rounds, "threads": cfg.bench_threads or os.cpu_count(), "points": len(files),
+            "other_cpu_cores": max(busy) if busy else None, "machine_busy": bool(busy) and max(busy) > 0.2}
 
 
 def _sweeps(points: list[dict[str, Any]], cfg: ExploreConfig, noise: float) -> dict[str, Any]:
@@ -659,6 +834,9 @@ def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
 
     t0 = time.perf_counter()
     _optuna()
+    if cfg.strategy != "grid" and _space_size(cfg) < cfg.trials:
+        raise ConfigError(f"the space over {','.join(cfg.swept)} has only {_space_size(cfg)} designs, fewer than "
+                          f"--trials {cfg.trials}; lower --trials, add --axes, or use --strategy grid")
     classes = check_dataset(cfg.train.data)
     tc = cfg.train
     _static_check(cfg, len(classes), tc.image_size)
@@ -666,31 +844,36 @@ def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
     splits = load_splits(tc.data, tc.image_size, tc.holdout, tc.split_seed, tc.cache_dir, progress=progress)
     rd = RunDir.open(out, cfg, "explore")
     study, storage = _open_study(cfg, rd)
-    if cfg.strategy == "grid":
-        for d in _grid_designs(cfg):
-            study.enqueue_trial({a: d[a] for a in cfg.swept}, skip_if_exists=True)
     total = len(_grid_designs(cfg)) if cfg.strategy == "grid" else cfg.trials
-    bar = tqdm(total=total, desc="explore", unit="point", disable=not progress, dynamic_ncols=True)
-
-    def tick(done: int | None) -> None:
-        if done is not None:
-            bar.n = min(done, total)
-        bar.refresh()
-
-    ctx = _Ctx(cfg, rd, len(classes), len(splits.train), tick)
-    say(f"exploring {cfg.strategy} over {','.join(cfg.swept)}: {total} design points x {cfg.seeds} seed(s), "
+    bar = tqdm(total=total * cfg.seeds, desc="explore", unit="point", disable=not progress, dynamic_ncols=True,
+               initial=min(total, len(_complete(study))) * cfg.seeds)
+    ctx = _Ctx(cfg, rd, len(classes), len(splits.train), bar.update)
+    say(f"exploring {cfg.strategy} over {','.join(cfg.swept)}: {total} designs x {cfg.seeds} seed(s), "
         f"{cfg.minutes and f'{cfg.minutes:g} min' or f'{tc.epochs} epochs'} each at {tc.image_size} px; "
         f"study {cfg.study!r}")
     with make_executor(cfg.executor) as ex, _Heartbeat(storage, max(1, cfg.grace_s // 4)) as hb:
         say(f"      on {ex.name}")
-        _run_trials(study, ctx, ex, hb)
+        if cfg.strategy == "grid":
+            _run_grid(study, ctx, ex)
+        else:
+            _run_search(study, ctx, ex, hb)
         bar.close()
-        say(f"      training {cfg.front_seeds} seeds of every Pareto-front point")
+        say(f"      {cfg.front_seeds} seeds of every Pareto-front point")
+        bar = tqdm(desc="front seeds", unit="point", disable=not progress, dynamic_ncols=True)
+        ctx.progress = bar.update
         points = _front_seeds(ctx, study, ex)
+        bar.close()
     if not points:
         raise ConfigError(f"no design point finished in {out}; see the warnings above")
+    say(f"      timing every point in ONNX Runtime here, {cfg.timing_rounds} interleaved round(s)")
+    bar = tqdm(total=len(points) * cfg.timing_rounds, desc="timing", unit="point", disable=not progress,
+               dynamic_ncols=True)
+    ctx.progress = bar.update
+    timing = _retime(points, ctx)
+    bar.close()
     noise, noise_source = seed_noise(points, len(splits.heldout))
     front = pareto(points, cfg.objectives)
+    fronts = {o: pareto(points, ("top1", o)) for o in ("size", "macs", "latency")}
     for p in points:
         p["pareto"] = p["name"] in front
         p["violations"] = violations(p, cfg)
@@ -702,9 +885,10 @@ def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
         "test_split": splits.test_name, "constraints": _constraints(cfg), "energy_pj": ENERGY_PJ,
         "base": BASE, "seed_noise": noise, "seed_noise_source": noise_source,
         "saturation_rule": "the smallest value after which held-out top-1 never rises more than the seed noise",
-        "points": sorted(points, key=lambda p: -p["heldout_top1"]), "pareto": front,
+        "points": sorted(points, key=lambda p: -p["heldout_top1"]), "pareto": front, "fronts": fronts,
         "meets_constraints": [p["name"] for p in points if p["meets_constraints"]],
-        "sweeps": _sweeps(points, cfg, noise), "executor": ex.name, "wall_s_this_session": time.perf_counter() - t0,
+        "sweeps": _sweeps(points, cfg, noise), "executor": ex.name, "timing": timing,
+        "wall_s_this_session": time.perf_counter() - t0,
     }
     doc["saturation"] = {a: s["saturation"] for a, s in doc["sweeps"].items()}
     doc["files"] = _write_outputs(doc, rd.root, cfg)
@@ -762,7 +946,10 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# Design-space exploration ({doc['strategy']}: {', '.join(doc['axes'])})", "",
              f"{len(doc['points'])} design points on {doc['data']} at {doc['image_size']} px; chosen by held-out "
              f"top-1 ({doc['heldout_images']} images), test top-1 ({doc['test_split']}, {doc['test_images']} "
-             f"images) reported only. Seed noise {doc['seed_noise'] * 100:.2f} points ({doc['seed_noise_source']}).",
+             f"images) reported only. Seed noise {doc['seed_noise'] * 100:.2f} points ({doc['seed_noise_source']}). "
+             f"Speed: ONNX Runtime here, {doc['timing']['rounds']} interleaved round(s), medians. Energy per frame "
+             f"is an estimate from counts: {doc['energy_pj']} pJ per MAC and per 32-bit SRAM or DRAM access "
+             "(Horowitz 2014, 45 nm).",
              "", "| " + " | ".join(h for h, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(fn(p) for _, fn in _COLUMNS) + " |" for p in doc["points"]]
     if doc["sweeps"]:
@@ -772,7 +959,8 @@ def markdown(doc: dict[str, Any]) -> str:
         for axis, s in doc["sweeps"].items():
             paper = s["paper"]
             lines.append(f"| {axis} | {', '.join(map(str, s['values']))} | "
-                         f"{', '.join(f'{a * 100:.1f}' for a in s['heldout_top1'])} | {s['saturation']} | "
+                         f"{', '.join(f'{a * 100:.1f}' for a in s['heldout_top1'])} | "
+                         f"{'— (categorical)' if s['saturation'] is None else s['saturation']} | "
                          + (f"{paper['value']} ({paper['top5'] * 100:.1f}%)" if paper else "—") + " |")
     return "\n".join(lines) + "\n"
 
@@ -788,12 +976,16 @@ def _figures(doc: dict[str, Any]) -> dict[str, str]:
     figs = {}
     pts = doc["points"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, (field, label, scale) in zip(axes, (("size_mb", "size (MB)", 1), ("macs", "MACs (M)", 1e-6),
-                                                ("ort_b1_ms", "batch-1 latency in ONNX Runtime (ms)", 1))):
-        for group, style in ((False, dict(color="0.6", marker="o", s=18)), (True, dict(color="C3", marker="*", s=90))):
-            sel = [p for p in pts if p["pareto"] == group]
-            ax.scatter([p[field] * scale for p in sel], [p["heldout_top1"] * 100 for p in sel],
-                       label="Pareto front" if group else "design point", **style)
+    panels = (("size", "size_mb", "size (MB)", 1), ("macs", "macs", "MACs (M)", 1e-6),
+              ("latency", "ort_b1_ms", "batch-1 latency in ONNX Runtime (ms)", 1))
+    for ax, (obj, field, label, scale) in zip(axes, panels):
+        front = set(doc["fronts"][obj])  # held-out top-1 against this panel's cost alone
+        ax.scatter([p[field] * scale for p in pts], [p["heldout_top1"] * 100 for p in pts], color="0.6", s=18,
+                   label="design point")
+        fp = sorted((p for p in pts if p["name"] in front), key=lambda p: p[field])
+        ax.step([p[field] * scale for p in fp], [p["heldout_top1"] * 100 for p in fp], where="post", color="C3")
+        ax.scatter([p[field] * scale for p in fp], [p["heldout_top1"] * 100 for p in fp], color="C3", marker="*",
+                   s=90, label="Pareto front", zorder=3)
         ok = [p for p in pts if p["meets_constraints"] and doc["constraints"]]
         if ok:
             ax.scatter([p[field] * scale for p in ok], [p["heldout_top1"] * 100 for p in ok], facecolors="none",
