@@ -70,7 +70,7 @@ class TrainConfig:
     warmup_epochs: float = option(2.0, help="linear warm-up epochs")
     min_lr_ratio: float = option(0.0, help="final learning rate as a share of the peak")
     label_smoothing: float = option(0.1, help="label smoothing")
-    # 0.5 won the crop probe (benchmarks/results/probe_*.json, BENCHMARKS.md).
+    # 0.5 held against 0.35 and 0.7 on held-out (benchmarks/results/probe_heldout_*.json, BENCHMARKS.md).
     min_scale: float = option(0.5, help="random-resized-crop smallest area")
     holdout: float | None = option(0.1, help="share of each class held out of train for choices (off: none)")
     split_seed: int = option(0, help="seed of the held-out split")
