@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
+from conftest import make_folder  # noqa: E402
 from squishednets.cli import main  # noqa: E402
 from squishednets.errors import ConfigError  # noqa: E402
 from squishednets.executor import ExecConfig  # noqa: E402
@@ -169,21 +170,33 @@ def test_grid_explore_end_to_end_and_resume(tiny_data, tmp_path):
         explore(_cfg(tiny_data, axes=("sr",)), out, progress=False, say=lambda s: None)
 
 
-def test_processes_give_the_same_study_as_in_process(tiny_data, tmp_path):
-    a = explore(_cfg(tiny_data, front_seeds=1), tmp_path / "a", progress=False, say=lambda s: None)
-    b = explore(_cfg(tiny_data, front_seeds=1, executor=ExecConfig(workers=2)), tmp_path / "b", progress=False,
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """One in-process study that the other executors are compared with."""
+    root = tmp_path_factory.mktemp("in_process")
+    data = make_folder(root / "data")
+    with pytest.MonkeyPatch.context() as mp:  # runs before the function-scoped _isolate: keep caches out of home
+        mp.setenv("SQUISHEDNETS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        return data, explore(_cfg(data, front_seeds=1), root / "ex", progress=False, say=lambda s: None)
+
+
+def _same(doc):
+    return {p["name"]: (p["heldout_top1"], p["test_top1"], p["size_mb"]) for p in doc["points"]}
+
+
+def test_processes_give_the_same_study_as_in_process(in_process, tmp_path):
+    data, a = in_process
+    b = explore(_cfg(data, front_seeds=1, executor=ExecConfig(workers=2)), tmp_path / "b", progress=False,
                 say=lambda s: None)
-    key = lambda d: {p["name"]: (p["heldout_top1"], p["test_top1"], p["size_mb"]) for p in d["points"]}  # noqa: E731
-    assert key(a) == key(b)
+    assert _same(a) == _same(b)
     assert "processes" in b["executor"]
 
 
-def test_ray_gives_the_same_study_as_in_process(local_ray, tiny_data, tmp_path):
-    a = explore(_cfg(tiny_data, front_seeds=1), tmp_path / "a", progress=False, say=lambda s: None)
-    b = explore(_cfg(tiny_data, front_seeds=1, executor=ExecConfig(workers=2, ray_address="local")), tmp_path / "b",
+def test_ray_gives_the_same_study_as_in_process(local_ray, in_process, tmp_path):
+    data, a = in_process
+    b = explore(_cfg(data, front_seeds=1, executor=ExecConfig(workers=2, ray_address="local")), tmp_path / "b",
                 progress=False, say=lambda s: None)
-    key = lambda d: {p["name"]: (p["heldout_top1"], p["test_top1"], p["size_mb"]) for p in d["points"]}  # noqa: E731
-    assert key(a) == key(b)
+    assert _same(a) == _same(b)
     assert "ray" in b["executor"]
 
 
