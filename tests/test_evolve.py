@@ -239,3 +239,23 @@ def test_the_same_seed_gives_the_lineage_recorded_before_the_refactor(tmp_path, 
         assert (g.params, g.macs, g.widths) == (w["params"], w["macs"], w["widths"]), g.generation
         if w["env_factor"] is not None:
             assert g.env_factor == pytest.approx(w["env_factor"], rel=1e-5)
+
+
+@pytest.mark.parametrize("teacher", ["ancestor", "parent"])
+def test_distilled_offspring_learn_from_the_teacher_and_differ_from_label_training(ancestor, tmp_path, teacher):
+    cfg = small_cfg(generations=2, population=1)
+    plain = evolve(ancestor, tmp_path / "plain", cfg, progress=False)
+    taught = evolve(ancestor, tmp_path / "taught", dataclasses.replace(cfg, distill=teacher), progress=False)
+    assert taught.config["distill"] == teacher and plain.config["distill"] is None
+    # Generation 1 is the same draw from the same ancestor (same seeds), trained otherwise: its weights differ.
+    assert taught.generations[1].widths == plain.generations[1].widths
+    a = load_checkpoint(tmp_path / "plain" / plain.generations[1].path).model.state_dict()
+    b = load_checkpoint(tmp_path / "taught" / taught.generations[1].path).model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    with pytest.raises(ConfigError, match="distill"):
+        evolve(ancestor, tmp_path / "taught", cfg, progress=False)
+
+
+def test_a_train_teacher_in_evolve_is_refused():
+    with pytest.raises(ConfigError, match="--distill"):
+        small_cfg(train=dataclasses.replace(GENERATION_TRAIN, teacher="somewhere"))

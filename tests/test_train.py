@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -143,3 +145,98 @@ def test_zero_epochs_is_recorded_as_zero(tiny_data, tmp_path):
     m = run_training(TrainConfig(data=str(tiny_data), image_size=32, epochs=0), tmp_path / "run", progress=False)
     ck = load_checkpoint(tmp_path / "run")
     assert m["history"] == [] and ck.config["train"]["epochs"] == 0
+
+
+# -- distillation ----------------------------------------------------------------------
+def test_distill_loss_is_zero_for_the_teachers_own_outputs_and_scales_with_t_squared():
+    from squishednets.train import distill_loss
+    t = torch.randn(5, 4)
+    assert distill_loss(t, t, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    s = torch.randn(5, 4)
+    kl = torch.nn.functional.kl_div(torch.log_softmax(s / 2, 1), torch.softmax(t / 2, 1), reduction="batchmean")
+    assert distill_loss(s, t, 2.0).item() == pytest.approx(4 * kl.item(), rel=1e-5)
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a network and keeps every batch it is shown."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen = net, []
+        self.genome = net.genome
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+def test_the_teacher_sees_the_students_augmented_batch_and_is_left_unchanged(tiny_data):
+    train, _ = load_dataset(tiny_data, 32)
+    g = get_genome("squeezenet1_1", 3, batchnorm=True)
+    torch.manual_seed(1)
+    teacher = _Recorder(build(g).eval())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = _Recorder(build(g))
+    fit(student, (train.images, train.labels), TrainConfig(image_size=32, epochs=2, batch_size=6), desc=None,
+        teacher=teacher)
+    # Consistent teaching: every batch the student trained on, the teacher saw too (evaluation is not taught).
+    assert len(teacher.seen) == 2 * (len(train.labels) // 6) and len(student.seen) == len(teacher.seen)
+    for s, t in zip(student.seen, teacher.seen):
+        assert torch.equal(s, t)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_distill_weight_zero_is_label_training_and_a_positive_weight_changes_it(tiny_data):
+    train, _ = load_dataset(tiny_data, 32)
+    g = get_genome("squeezenet1_1", 3, batchnorm=True)
+    torch.manual_seed(1)
+    teacher = build(g).eval()
+
+    def trained(**kw):
+        torch.manual_seed(0)
+        m = build(g)
+        t = kw.pop("teacher", None)
+        fit(m, (train.images, train.labels), TrainConfig(image_size=32, epochs=2, batch_size=6, **kw), desc=None,
+            teacher=t)
+        return m.state_dict()
+
+    plain = trained()
+    zero = trained(teacher=teacher, distill_weight=0.0)
+    taught = trained(teacher=teacher, distill_weight=0.7)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert any(not torch.equal(plain[k], taught[k]) for k in plain if plain[k].is_floating_point())
+
+
+def test_train_with_a_teacher_records_it_and_refuses_another_teacher_on_resume(tiny_data, tmp_path):
+    t1 = TrainConfig(data=str(tiny_data), **{**TINY, "epochs": 1})
+    run_training(t1, tmp_path / "t1", progress=False)
+    run_training(dataclasses.replace(t1, seed=5), tmp_path / "t2", progress=False)
+    cfg = TrainConfig(data=str(tiny_data), teacher=str(tmp_path / "t1"), distill_weight=0.9, distill_temperature=2.0,
+                      **{**TINY, "epochs": 2})
+    m = run_training(cfg, tmp_path / "s", progress=False)
+    assert m["test_top1"] is not None
+    assert load_checkpoint(tmp_path / "s").config["train"]["teacher"] == str(tmp_path / "t1")
+    # The same folder with another teacher (other weights at the same path) is not resumed.
+    import shutil
+    shutil.rmtree(tmp_path / "s" / "model")
+    shutil.rmtree(tmp_path / "t1")
+    shutil.copytree(tmp_path / "t2", tmp_path / "t1")
+    with pytest.raises(CheckpointError, match="other settings"):
+        run_training(cfg, tmp_path / "s", resume=True, progress=False)
+
+
+def test_a_teacher_of_other_classes_is_refused_before_the_run_folder_exists(tiny_data, tmp_path):
+    from conftest import make_folder
+    from squishednets.errors import DataError
+    other = make_folder(tmp_path / "other", classes=("x", "y", "z"))
+    run_training(TrainConfig(data=str(other), **{**TINY, "epochs": 1}), tmp_path / "t", progress=False)
+    with pytest.raises(DataError, match="same class folders"):
+        run_training(TrainConfig(data=str(tiny_data), teacher=str(tmp_path / "t"), **TINY), tmp_path / "s",
+                     progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("kw", [dict(distill_temperature=0.0), dict(distill_weight=1.5)])
+def test_bad_distillation_settings_are_refused(kw):
+    with pytest.raises(ConfigError, match="distill"):
+        TrainConfig(**kw)

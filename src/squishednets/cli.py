@@ -39,7 +39,7 @@ __all__ = ["main", "build_parser"]
 EVOLVE_FLAGS: dict[str, tuple[str, ...]] = {
     **{k.replace("_", "-"): (f"train.{k}",)
        for k in ("epochs", "lr", "optimizer", "warmup_epochs", "weight_decay", "label_smoothing", "batch_size",
-                 "threads", "device", "cache_dir")},
+                 "threads", "device", "cache_dir", "distill_temperature", "distill_weight")},
     # where the candidates train (executor.py)
     "workers": ("executor.workers",), "ray-address": ("executor.ray_address",), "retries": ("executor.retries",),
 }
@@ -110,7 +110,7 @@ def _parsers(sub: Any) -> None:
     p = sub.add_parser("evolve", help="generations of evolutionary synthesis from a trained checkpoint")
     p.add_argument("checkpoint", help="the trained ancestor (checkpoint or train run folder)")
     p.add_argument("--out", required=True, help="run folder; the same command resumes it")
-    add_options(p, EvolveConfig, aliases=EVOLVE_FLAGS, skip=tuple(f"train.{k}" for k in INHERITED))
+    add_options(p, EvolveConfig, aliases=EVOLVE_FLAGS, skip=tuple(f"train.{k}" for k in INHERITED + ("teacher",)))
     _config_option(p)
 
     p = sub.add_parser("bench", help="size, MACs, memory, speed and efficiency of a model or a whole lineage")

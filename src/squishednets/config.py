@@ -179,9 +179,21 @@ def resume_diff(cls: type, old: dict[str, Any], new: Any, _prefix: str = "") -> 
             diff += resume_diff(hints[f.name], old.get(f.name) or {}, value, name + ".")
         elif f.metadata.get("resume", True):
             plain = list(value) if isinstance(value, tuple) else value
-            if f.name not in old or old[f.name] != plain:
+            # An option added after the folder was written counts as its default there.
+            stored = old[f.name] if f.name in old else _plain_default(f)
+            if stored != plain:
                 diff.append(name)
     return diff
+
+
+def _plain_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        d = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        d = f.default_factory()
+    else:
+        return dataclasses.MISSING
+    return list(d) if isinstance(d, tuple) else d
 
 
 # -- command-line options generated from the fields ------------------------------------

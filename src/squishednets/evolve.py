@@ -38,6 +38,7 @@ resume under other executor settings.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -105,6 +106,10 @@ class EvolveConfig:
     max_size_mb: float | None = option(None, help="constraint: largest size in MB")
     max_macs: int | None = option(None, help="constraint: largest MACs")
     min_top1: float | None = option(None, help="constraint: smallest held-out top-1")
+    # Distillation (playbook: beside pruning): offspring learn the teacher's
+    # softened outputs too, with train.distill_temperature and train.distill_weight.
+    distill: str | None = option(None, help="offspring also learn from this network's soft outputs: ancestor or "
+                                            "parent (off: labels only)", choices=("ancestor", "parent"))
     seed: int = option(0, help="seed of the offspring draws and their training")
     data: str | None = option(None, help="data set (off: the ancestor's)")
     train: TrainConfig = option(default_factory=lambda: GENERATION_TRAIN, help="training of each offspring")
@@ -137,6 +142,10 @@ class EvolveConfig:
             raise ConfigError(f"--init must be inherit or scratch, got {self.init}")
         if self.fitness not in FITNESS:
             raise ConfigError(f"--fitness must be one of {sorted(FITNESS)}, got {self.fitness}")
+        if self.distill not in (None, "ancestor", "parent"):
+            raise ConfigError(f"--distill must be ancestor or parent (or off), got {self.distill}")
+        if self.train.teacher is not None:
+            raise ConfigError("offspring are taught with --distill ancestor|parent, not a train.teacher checkpoint")
         if self.min_width < 1 or self.round_to < 1:
             raise ConfigError("--min-width and --round-to must be >= 1")
 
@@ -415,6 +424,16 @@ def _draw(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | No
     return best, not best_key[0]
 
 
+def _teacher(distill: str | None, parent: Checkpoint, run: Path) -> torch.nn.Module | None:
+    """A fresh copy of the teacher (``fit`` moves and freezes it): the
+    parent, or the ancestor kept as generation 0."""
+    if distill is None:
+        return None
+    if distill == "parent":
+        return copy.deepcopy(parent.model)
+    return load_checkpoint(run / "gen_00" / "model").model
+
+
 def _breed(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | None, g: int, k: int,
            splits: Splits, b: _Brood) -> Candidate:
     """Draw, train, score and save candidate k of generation g."""
@@ -430,8 +449,10 @@ def _breed(parent: Checkpoint, env: Environment, enc: Encoding, tgt: _Target | N
     tcfg = dataclasses.replace(b.train, seed=seed)
     res: dict[str, Any] = {"history": [], "train_time_s": 0.0}
     if tcfg.epochs > 0:
+        teacher = _teacher(c.distill, parent, b.run)
+        extra = {"genome": child.genome.to_dict(), "generation": g, **({"teacher": c.distill} if teacher else {})}
         res = fit(child, (splits.train.images, splits.train.labels), tcfg, masks=off.masks,
-                  resume=Resumable(cdir / "state", {"genome": child.genome.to_dict(), "generation": g}),
+                  resume=Resumable(cdir / "state", extra), teacher=teacher,
                   desc=f"gen {g}/{c.generations} cand {k + 1}/{c.population}" if b.progress else None)
     t1 = time.perf_counter()
     child.cpu()

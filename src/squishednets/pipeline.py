@@ -88,6 +88,7 @@ RUN_FLAGS: dict[str, tuple[str, ...]] = {
     "target-macs-reduction": ("evolve.target_macs_reduction",),
     "round-to": ("evolve.round_to",),
     "population": ("evolve.population",),
+    "distill": ("evolve.distill",),
     "workers": ("evolve.executor.workers",),
     "ray-address": ("evolve.executor.ray_address",),
     "seed": ("ancestor.seed", "evolve.seed"),
@@ -97,7 +98,7 @@ RUN_FLAGS: dict[str, tuple[str, ...]] = {
 }
 # Set by the run itself: the offspring inherit the ancestor's data and recipe,
 # and the benchmark runs at the training resolution.
-RUN_SKIP = tuple(f"evolve.train.{k}" for k in INHERITED) + ("evolve.data", "bench.image_size")
+RUN_SKIP = tuple(f"evolve.train.{k}" for k in INHERITED + ("teacher",)) + ("evolve.data", "bench.image_size")
 
 
 def _ancestor(rd: RunDir, cfg: RunConfig, say: Callable[[str], None], progress: bool) -> None:

@@ -14,6 +14,16 @@ weights as an uninterrupted one.
 The ``train`` command fits on the training folder minus a stratified,
 seeded held-out part (``holdout``), reports held-out top-1 (for choices) and
 test top-1 (``test/`` or else ``val/``, reported only).
+
+Distillation (Hinton, Vinyals and Dean 2015; the small-DNN playbook lists it
+beside pruning): with a ``teacher`` the loss is ``(1 - w)`` times the label
+loss plus ``w T^2`` times the KL divergence between the teacher's and the
+student's outputs softened by temperature ``T``. The teacher sees the very
+batch the student sees, after augmentation ("consistent teaching", Beyer et
+al. 2022, "Knowledge distillation: a good teacher is patient and
+consistent"). Its logits are not cached: every epoch draws new crops and
+flips, so logits cached once per image would teach on other images than the
+student sees, which is not the same training.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint, load_weights_into, resolve_genome, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, load_weights_into, resolve_genome, save_checkpoint
 from .config import from_dict, option, to_dict
 from .data import Splits, augment_batch, load_split, load_splits, normalize_batch, test_split_name
 from .errors import CheckpointError, ConfigError, DataError
@@ -43,7 +53,7 @@ from .model import build
 from .rundir import CONFIG_VERSION, RunDir
 from .seeds import epoch_seeds
 
-__all__ = ["TrainConfig", "Resumable", "fit", "evaluate", "lr_at", "pick_device", "set_threads", "param_groups",
+__all__ = ["TrainConfig", "Resumable", "fit", "distill_loss", "evaluate", "lr_at", "pick_device", "set_threads", "param_groups",
            "run_training", "train_config_of", "checkpoint_config", "accuracy_metrics", "evaluate_checkpoint",
            "DEFAULT_DATA"]
 
@@ -70,6 +80,10 @@ class TrainConfig:
     warmup_epochs: float = option(2.0, help="linear warm-up epochs")
     min_lr_ratio: float = option(0.0, help="final learning rate as a share of the peak")
     label_smoothing: float = option(0.1, help="label smoothing")
+    teacher: str | None = option(None, help="checkpoint (or train run folder) whose softened outputs are learnt "
+                                            "beside the labels: distillation (off: labels only)")
+    distill_temperature: float = option(4.0, help="distillation: temperature T softening both outputs")
+    distill_weight: float = option(0.5, help="distillation: share w of the loss from the teacher (1 - w: labels)")
     # 0.5 held against 0.35 and 0.7 on held-out (benchmarks/results/probe_heldout_*.json, BENCHMARKS.md).
     min_scale: float = option(0.5, help="random-resized-crop smallest area")
     holdout: float | None = option(0.1, help="share of each class held out of train for choices (off: none)")
@@ -91,6 +105,9 @@ class TrainConfig:
             raise ConfigError(f"image_size {self.image_size} is too small for SqueezeNet; use 16 or more")
         if (self.lr is not None and self.lr <= 0) or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("lr must be > 0 (or off), weight_decay >= 0 and label_smoothing in [0, 1)")
+        if self.distill_temperature <= 0 or not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"distill_temperature must be > 0 and distill_weight in [0, 1], got "
+                              f"{self.distill_temperature} and {self.distill_weight}")
         if not 0 < self.min_scale <= 1:
             raise ConfigError(f"min_scale must be in (0, 1], got {self.min_scale}")
         if self.holdout is not None and not 0 < self.holdout < 1:
@@ -237,6 +254,8 @@ def _fingerprint(cfg: TrainConfig, n: int, extra: dict[str, Any]) -> str:
     (``resume=True`` in its declaration) except where the data lives, the
     number of training images, and the caller's ``extra`` (e.g. the genome)."""
     keep = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("resume", True)} - {"data"}
+    if cfg.teacher is None and "teacher" not in extra:  # without a teacher the distillation settings decide nothing
+        keep -= {"teacher", "distill_temperature", "distill_weight"}
     d = {k: v for k, v in to_dict(cfg).items() if k in keep}
     return hashlib.sha256(json.dumps({**d, "n": n, **extra}, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -282,6 +301,16 @@ class _Step:
     warmup: int
     masks: list[tuple[torch.Tensor, torch.Tensor]] | None
     bar: Any
+    teacher: nn.Module | None = None
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 KL(softmax(teacher / T) || softmax(student / T))``, averaged over
+    the batch (Hinton et al. 2015: the ``T^2`` keeps the gradient's scale as
+    ``T`` changes)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student.float() / t, 1), F.log_softmax(teacher.float() / t, 1), log_target=True,
+                    reduction="batchmean") * (t * t)
 
 
 def _train_epoch(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, epoch: int,
@@ -311,6 +340,11 @@ def _train_epoch(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], cfg:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
         loss = st.crit(logits, yb)
+        if st.teacher is not None:  # consistent teaching: the same augmented batch
+            with torch.no_grad():
+                soft = st.teacher(x)
+            w = cfg.distill_weight
+            loss = (1 - w) * loss + w * distill_loss(logits, soft, cfg.distill_temperature)
         st.opt.zero_grad(set_to_none=True)
         loss.backward()
         st.opt.step()
@@ -343,14 +377,17 @@ def fit(
     masks: dict[str, torch.Tensor] | None = None,
     desc: str | None = "train",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place for ``cfg.epochs`` epochs on ``train`` (uint8
     images, labels) and return the history.
 
     With ``resume``, the state after each epoch is saved in its folder and a
-    later call resumes from it. ``masks`` (parameter name -> bool tensor)
-    keeps pruned synapses at zero throughout. ``desc`` labels the progress
-    bar (``None``: no bar).
+    later call resumes from it (``resume.extra`` should name the teacher, if
+    any). ``masks`` (parameter name -> bool tensor) keeps pruned synapses at
+    zero throughout. ``teacher`` (in eval mode, frozen) distils into the
+    model with ``cfg.distill_temperature`` and ``cfg.distill_weight``.
+    ``desc`` labels the progress bar (``None``: no bar).
     """
     device = pick_device(cfg.device)
     set_threads(cfg.threads)
@@ -372,8 +409,12 @@ def fit(
         per_epoch = min(n, steps * cfg.batch_size)
         bar = tqdm(total=cfg.epochs * per_epoch, initial=prog.epoch * per_epoch, unit="img", unit_scale=True,
                    desc=desc, mininterval=1.0, dynamic_ncols=True, leave=False)
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
+        if cfg.channels_last:
+            teacher.to(memory_format=torch.channels_last)
     st = _Step(opt, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), steps, steps * cfg.epochs,
-               int(round(cfg.warmup_epochs * steps)), param_masks, bar)
+               int(round(cfg.warmup_epochs * steps)), param_masks, bar, teacher)
     model.train()
     for epoch in range(prog.epoch, cfg.epochs):
         rec = _train_epoch(model, train, cfg, epoch, st)
@@ -451,6 +492,7 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
     splits = load_splits(cfg.data, cfg.image_size, cfg.holdout, cfg.split_seed, cfg.cache_dir, cfg.strict,
                          progress=progress)
     genome = resolve_genome(cfg.model, num_classes=len(splits.classes), batchnorm=cfg.batchnorm)
+    teacher, teacher_id = _teacher(cfg, splits.classes)
     RunDir.open(out, cfg, "train")
     handler = _log_to(out)
     try:
@@ -461,8 +503,8 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
         if len(splits.heldout):
             evals = {"heldout": (splits.heldout.images, splits.heldout.labels), **evals}
         result = fit(model, (splits.train.images, splits.train.labels), cfg,
-                     resume=Resumable(out / "state", {"genome": genome.to_dict()}), eval_sets=evals,
-                     desc="train" if progress else None)
+                     resume=Resumable(out / "state", {"genome": genome.to_dict(), **teacher_id}), eval_sets=evals,
+                     desc="train" if progress else None, teacher=teacher)
         metrics = {**accuracy_metrics(model, splits, cfg.channels_last), "classes": splits.classes,
                    "history": result["history"], "train_img_s": result["train_img_s"],
                    "train_time_s": result["train_time_s"], "wall_s_this_session": time.perf_counter() - t0,
@@ -472,6 +514,20 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
     finally:
         logging.getLogger("squishednets").removeHandler(handler)
         handler.close()
+
+
+def _teacher(cfg: TrainConfig, classes: list[str]) -> tuple[nn.Module | None, dict[str, Any]]:
+    """The distillation teacher of ``cfg`` (checked against the data's
+    classes) and what identifies it for a resume: its weights, not its path."""
+    if cfg.teacher is None:
+        return None, {}
+    ck = load_checkpoint(cfg.teacher)
+    _, t_classes = train_config_of(ck)
+    if t_classes != classes:
+        raise DataError(f"the teacher {cfg.teacher} was trained on classes {t_classes[:3]}..., the data has "
+                        f"{classes[:3]}...; distil from a checkpoint trained on the same class folders")
+    digest = hashlib.sha256((Path(ck.path) / "weights.safetensors").read_bytes()).hexdigest()[:16]
+    return ck.model, {"teacher": digest}
 
 
 def evaluate_checkpoint(ck: Checkpoint, data: str | None = None, split: str | None = None,
