@@ -15,9 +15,11 @@ fi
 extra=${1:-}
 modules="squishednets, onnxruntime, safetensors, matplotlib, tqdm"
 # The extras' own imports: test needs pytest, captum (the analyze pictures' tests), optuna and ray
-# (explore and the executor); analyze needs captum, explore optuna, ray ray.
+# (explore and the executor) and torch_pruning (compare); analyze needs captum, explore optuna, ray ray,
+# compare torch_pruning.
 case "$extra" in
-  test) modules="$modules, pytest, captum, optuna, ray" ;;
+  test) modules="$modules, pytest, captum, optuna, ray, torch_pruning" ;;
+  compare) modules="$modules, torch_pruning" ;;
   analyze) modules="$modules, captum" ;;
   explore) modules="$modules, optuna" ;;
   ray) modules="$modules, ray" ;;

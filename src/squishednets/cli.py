@@ -18,6 +18,8 @@ from .analysis import AnalyzeConfig
 from .analyze import analyze_target, summary
 from .bench import BenchConfig, bench_target
 from .checkpoint import load_checkpoint, resolve_checkpoint, resolve_genome
+from .compare import CompareConfig, compare
+from .compare import summary as compare_summary
 from .config import add_options, flag_values, resolve
 from .data import make_imagenet10
 from .errors import ConfigError, SquishedError
@@ -145,6 +147,15 @@ def _parsers(sub: Any) -> None:
                                                 "command resumes it")
     add_options(p, ExploreConfig, aliases=EXPLORE_FLAGS, skip=("train.model", "train.seed"))
     p.add_argument("--json", action="store_true", help="print explore.json")
+    _config_option(p)
+
+    p = sub.add_parser("compare", help="the lineage beside Torch-Pruning, scaled SqueezeNets trained from scratch, its "
+                                       "own genomes from scratch and distillation, at matched sizes and budgets")
+    p.add_argument("run", help="a 'squishednets run' folder or an evolve folder")
+    p.add_argument("--out", help="folder for compare.json/.md/.csv/.png (default RUN/compare); the same command "
+                                 "resumes it")
+    add_options(p, CompareConfig)
+    p.add_argument("--json", action="store_true", help="print compare.json")
     _config_option(p)
 
     p = sub.add_parser("run", help="the whole job: ancestor, evolution, benchmark, report, export")
@@ -311,6 +322,20 @@ def cmd_explore(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    cfg = resolve(CompareConfig, a.config, flags=flag_values(a))
+    doc = compare(a.run, cfg, a.out, progress=not (a.no_progress or a.json),
+                  say=(lambda s: None) if a.json else (lambda s: print(s, flush=True)))
+    if a.json:
+        _emit(doc)
+    else:
+        print(compare_summary(doc))
+    if doc["errors"]:
+        print(f"error: {'; '.join(f'{m}: {e}' for m, e in doc['errors'].items())}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     cfg = resolve(RunConfig, a.config, preset=PRESETS[a.preset], flags=flag_values(a))
     run_all(cfg, a.out, say=lambda s: print(s, flush=True), progress=not a.no_progress)
@@ -319,7 +344,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "list": cmd_list, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
             "data": cmd_data, "evolve": cmd_evolve, "bench": cmd_bench, "export": cmd_export, "report": cmd_report,
-            "analyze": cmd_analyze, "explore": cmd_explore, "run": cmd_run}
+            "analyze": cmd_analyze, "explore": cmd_explore, "compare": cmd_compare, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import ALEXNET_MB, SQUEEZENET11_MB
 from .records import LINEAGE_FILE, SELECTED_BY, GenerationRecord, Lineage
 
-__all__ = ["PaperRow", "PAPER_TABLE1", "PAPER_SETTING", "SELECTION_LINE", "TableRow", "pareto_front",
+__all__ = ["compare_dir", "compare_section", "PaperRow", "PAPER_TABLE1", "PAPER_SETTING", "SELECTION_LINE", "TableRow", "pareto_front",
            "choose_squishednets", "build_table", "filters_kept", "draw_filters_kept", "figure_png", "write_report"]
 
 # How the report names SquishedNet-1…4 (shown on the page as written here).
@@ -398,6 +398,7 @@ img {{ max-width: 100%; }}
 {exports}
 <h2>Plots</h2>
 {figures}
+{compare}
 <script>
 // Marks whether every picture decoded, for people and for the browser test.
 window.addEventListener("load", function () {{
@@ -469,7 +470,7 @@ def _exports_html(exports: Sequence[dict[str, Any]] | None) -> str:
 
 
 def _page(title: str, rows: list[TableRow], lineage: Lineage, bench: _Bench, chosen: list[GenerationRecord],
-          figs: dict[str, str], exports: Sequence[dict[str, Any]] | None = None) -> str:
+          figs: dict[str, str], exports: Sequence[dict[str, Any]] | None = None, compare: str = "") -> str:
     sparse_head, lineage_rows = _lineage_html(lineage, bench, chosen)
     figures = "\n".join(
         f'<figure><img id="{k}" alt="{_CAPTIONS[k]}" src="data:image/png;base64,{v}"><figcaption>{_CAPTIONS[k]}'
@@ -478,7 +479,7 @@ def _page(title: str, rows: list[TableRow], lineage: Lineage, bench: _Bench, cho
         title=html.escape(title), head="".join(f"<th>{html.escape(h)}</th>" for h in _HEADER),
         rows=_table1_html(rows), notes="\n".join(f'<p class="note">{html.escape(n)}</p>' for n in _notes(rows)),
         rule=html.escape(_rule()), sparse_head=sparse_head, lineage_rows=lineage_rows, figures=figures,
-        exports=_exports_html(exports))
+        exports=_exports_html(exports), compare=compare)
 
 
 # -- writing ------------------------------------------------------------------------
@@ -512,13 +513,27 @@ def _json_doc(title: str, lineage: Lineage, rows: list[TableRow], kept: dict[str
     }
 
 
+def compare_section(run: str | Path) -> str:
+    """The section ``squishednets compare`` wrote for this evolve folder, or ""."""
+    f = compare_dir(run) / "section.html"
+    return f.read_text() if f.is_file() else ""
+
+
+def compare_dir(run: str | Path) -> Path:
+    """Where ``squishednets compare`` writes by default for an evolve folder:
+    beside it when it is a run folder's ``evolve/``, else inside it."""
+    run = Path(run)
+    return (run.parent if run.name == "evolve" else run) / "compare"
+
+
 def write_report(run: str | Path, out: str | Path | None = None,
                  exports: Sequence[dict[str, Any]] | None = None) -> dict[str, Path]:
     """Write table1.md, table1.csv, table1.json, the plots as PNG and
     report.html for an evolve run folder (``out`` defaults to ``RUN/report``);
     ``RUN/bench.json``, when there, fills the speed column, and ``exports``
     (the main job's export.json entries) add the exported files, with int8
-    accuracy and any int8 warning when it was measured."""
+    accuracy and any int8 warning when it was measured. A comparison with the
+    alternatives (``squishednets compare``), when there, is added as a section."""
     run = Path(run)
     lineage, bench_doc = _load(run)
     bench = _Bench.from_doc(bench_doc)
@@ -533,6 +548,7 @@ def write_report(run: str | Path, out: str | Path | None = None,
     figs = _plots(lineage, bench, chosen, kept)
     for name, b64 in figs.items():  # also as files, for READMEs and slides
         atomic_write_bytes(out / f"{name}.png", base64.b64decode(b64))
-    atomic_write_text(out / "report.html", _page(run.name, rows, lineage, bench, chosen, figs, exports))
+    atomic_write_text(out / "report.html", _page(run.name, rows, lineage, bench, chosen, figs, exports,
+                                                 compare_section(run)))
     return {"markdown": out / "table1.md", "csv": out / "table1.csv", "json": out / "table1.json",
             "html": out / "report.html"}
