@@ -197,3 +197,19 @@ def test_cli_bench_and_report(real_lineage, tmp_path, capsys):
     assert "Table 1" in capsys.readouterr().out
     assert main(["report", str(tmp_path)]) == 2
     assert "no lineage.json" in capsys.readouterr().err
+
+
+def test_distillation_flags_reach_the_configurations(capsys):
+    from squishednets.cli import build_parser
+    from squishednets.config import flag_values
+    ap = build_parser()
+    ev = flag_values(ap.parse_args(["evolve", "ck", "--out", "o", "--distill", "parent", "--distill-temperature",
+                                    "2", "--distill-weight", "0.9"]))
+    assert ev == {"distill": "parent", "train": {"distill_temperature": 2.0, "distill_weight": 0.9}}
+    assert flag_values(ap.parse_args(["run", "--distill", "ancestor"])) == {"evolve": {"distill": "ancestor"}}
+    assert flag_values(ap.parse_args(["train", "--out", "o", "--teacher", "t"]))["teacher"] == "t"
+    with pytest.raises(SystemExit):  # offspring are taught by --distill, not by a checkpoint flag
+        ap.parse_args(["evolve", "ck", "--out", "o", "--train-teacher", "t"])
+    with pytest.raises(SystemExit):
+        ap.parse_args(["evolve", "ck", "--out", "o", "--distill", "teacher"])
+    capsys.readouterr()
