@@ -1,0 +1,111 @@
+"""Explore, then squish: does an explored design, evolved to the default run's
+budget, beat the squished SqueezeNet v1.1 lineage at the same size?
+
+Takes the design that ``benchmarks/explore.py`` ranks best on held-out top-1
+among the dense designs (evolution shrinks dense genomes only) meeting the
+playbook's constraints, and for each seed does what ``squishednets run
+--from-design GENOME.json --seed S`` does before its bench stage: trains it as
+the ancestor with the main job's recipe and evolves it with the main job's
+evolution (0.49 MB, 6x fewer MACs). Then times each seed's final network and
+the v1.1 lineage's final network of the same seed (``benchmarks/seeds.py``'s
+runs) in ONNX Runtime at 64 px, batch 32, in interleaved rounds.
+
+Goal: at <= 0.49 MB the explored lineage's final network has a higher mean
+test top-1 than the v1.1 lineage's, or more ORT images/s at equal top-1 (within
+one run's held-out noise). Writes results/explore_goal.json.
+
+    python benchmarks/explore_goal.py --seeds 0,1 --seed-runs runs/seeds --runs-dir runs/explore_goal
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from common import RESULTS, write_result
+
+from squishednets.bench import BenchConfig, bench_model, gemm_ceiling
+from squishednets.checkpoint import load_checkpoint
+from squishednets.evolve import evolve
+from squishednets.io import atomic_write_text
+from squishednets.pipeline import RunConfig
+from squishednets.records import Lineage
+from squishednets.train import run_training
+
+
+def choose(explore: dict) -> dict:
+    """The best dense design meeting the constraints, by held-out top-1 (smaller size breaks ties)."""
+    ok = [p for p in explore["points"] if p["meets_constraints"] and not p["genome"].get("depthwise")
+          and p["genome"].get("groups", 1) == 1]
+    if not ok:
+        sys.exit("error: no dense design meets the constraints in the explore results; run benchmarks/explore.py")
+    return max(ok, key=lambda p: (p["heldout_top1"], -p["size_mb"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seed-runs", default="runs/seeds")
+    ap.add_argument("--runs-dir", default="runs/explore_goal")
+    ap.add_argument("--explore", default=str(RESULTS / "explore_imagenette.json"))
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--rounds", type=int, default=5)
+    a = ap.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    design = choose(json.loads(Path(a.explore).read_text()))
+    runs = Path(a.runs_dir)
+    gpath = runs / "design.json"
+    if not gpath.is_file():
+        atomic_write_text(gpath, json.dumps(design["genome"], indent=2))
+    print(f"design {design['name']}: held-out {design['heldout_top1']:.4f} at {design['size_mb']:.3f} MB", flush=True)
+    cfg = RunConfig()
+    per_seed = []
+    ceiling = None
+    for s in seeds:
+        anc = dataclasses.replace(cfg.ancestor, model=str(gpath.resolve()), seed=s, threads=a.threads)
+        run_training(anc, runs / f"seed{s}" / "ancestor", resume=True, progress=sys.stderr.isatty())
+        ev = dataclasses.replace(cfg.evolve, seed=s, train=dataclasses.replace(cfg.evolve.train, threads=a.threads))
+        lin = evolve(runs / f"seed{s}" / "ancestor" / "model", runs / f"seed{s}" / "evolve", ev,
+                     progress=sys.stderr.isatty())
+        v11 = Lineage.load(Path(a.seed_runs) / f"seed{s}" / "evolve")
+        ours, theirs = lin.generations[-1], v11.generations[-1]
+        ceiling = ceiling or gemm_ceiling()
+        m_ours = load_checkpoint(runs / f"seed{s}" / "evolve" / ours.path).model
+        m_v11 = load_checkpoint(Path(a.seed_runs) / f"seed{s}" / "evolve" / theirs.path).model
+        bc = BenchConfig(image_size=64, backends=("ort",))
+        ratios, busy = [], []
+        for _ in range(a.rounds):
+            x, y = bench_model(m_ours, bc, matmul_rate=ceiling), bench_model(m_v11, bc, matmul_rate=ceiling)
+            ratios.append(x["ort_b32_img_s"] / y["ort_b32_img_s"])
+            busy += [x["machine_busy"], y["machine_busy"]]
+        held_n = load_checkpoint(runs / f"seed{s}" / "evolve" / lin.generations[0].path).metrics["heldout_images"]
+        per_seed.append({"seed": s, "explored": {"size_mb": ours.size_mb, "macs": ours.macs,
+                                                 "heldout_top1": ours.heldout_top1, "test_top1": ours.test_top1,
+                                                 "ancestor_test_top1": lin.generations[0].test_top1},
+                         "v11": {"size_mb": theirs.size_mb, "macs": theirs.macs, "heldout_top1": theirs.heldout_top1,
+                                 "test_top1": theirs.test_top1, "ancestor_test_top1": v11.generations[0].test_top1},
+                         "ort_64px_speed_ratio": {"median": statistics.median(ratios), "min": min(ratios),
+                                                  "max": max(ratios)},
+                         "machine_busy": any(busy), "heldout_images": held_n})
+        print(per_seed[-1], flush=True)
+    mean = lambda k, side: statistics.mean(p[side][k] for p in per_seed)  # noqa: E731
+    noise = math.sqrt(0.8 * 0.2 / per_seed[0]["heldout_images"])
+    better_top1 = mean("test_top1", "explored") > mean("test_top1", "v11")
+    equal_top1 = abs(mean("test_top1", "explored") - mean("test_top1", "v11")) <= noise
+    faster = statistics.mean(p["ort_64px_speed_ratio"]["median"] for p in per_seed) > 1
+    write_result("explore_goal", {
+        "design": {k: design[k] for k in ("name", "design", "genome", "size_mb", "macs", "heldout_top1", "test_top1")},
+        "rule": "the best dense design meeting the constraints by held-out top-1", "seeds": seeds,
+        "per_seed": per_seed, "noise_sd": noise,
+        "goal_met": max(p["explored"]["size_mb"] for p in per_seed) <= 0.49 and (better_top1 or (equal_top1 and faster)),
+        "goal": "at <= 0.49 MB, higher mean test top-1 than the squished v1.1 lineage, or more ORT images/s at "
+                "equal top-1 (within one run's held-out noise)"})
+
+
+if __name__ == "__main__":
+    main()
