@@ -67,6 +67,7 @@ import importlib.metadata
 import io
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import from_dict, option, to_dict
 from .data import Splits, load_splits
-from .errors import ConfigError, ExportError, SquishedError
+from .errors import ConfigError, DeadNetworkError, SquishedError
 from .evolve import INHERITED, EvolveConfig, evolve
 from .explore import ort_speed
 from .export import check_onnx_images, export_onnx
@@ -88,13 +89,13 @@ from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_j
 from .metrics import profile
 from .model import build, fold_batchnorm
 from .records import LINEAGE_FILE, GenerationRecord, Lineage
-from .report import choose_squishednets, compare_dir, figure_png, write_report
+from .report import choose_squishednets, compare_dir, figure_png, run_root, write_report
 from .rundir import CONFIG_FILE, RunDir
 from .seeds import offspring_seed
 from .train import Resumable, TrainConfig, accuracy_metrics, checkpoint_config, fit, run_training, train_config_of
 
-__all__ = ["METHODS", "PEERS", "CompareConfig", "compare", "match_width", "match_design", "targets_of",
-           "prune_to", "genome_of", "summary", "TorchPruningError"]
+__all__ = ["METHODS", "EVOLUTION", "PEERS", "CompareConfig", "compare", "match_width", "match_design", "targets_of",
+           "prune_to", "genome_of", "coarsest_within", "goal", "summary", "TorchPruningError"]
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,17 @@ IMPORTANCE = ("group_norm", "magnitude")
 class CompareConfig:
     """Settings of ``squishednets compare``."""
 
-    methods: tuple[str, ...] = option(METHODS, help="methods to run, comma-separated")
-    seeds: int = option(1, help="seeds per method: the run's seed + 0..N-1 (evolution's first is the run's lineage)")
+    # Results are kept per method, seed and generation: a comparison may be
+    # extended (more methods, seeds or sizes) and resumed with fewer.
+    methods: tuple[str, ...] = option(METHODS, help="methods to run, comma-separated", resume=False)
+    seeds: int = option(1, help="seeds per method: the run's seed + 0..N-1 (evolution's first is the run's lineage)",
+                        resume=False)
     generations: tuple[int, ...] | None = option(
-        None, help="generations whose sizes are matched, comma-separated (off: SquishedNet-1..4 and the last)")
+        None, help="generations whose sizes are matched, comma-separated (off: SquishedNet-1..4 and the last)",
+        resume=False)
     importance: str = option("group_norm", help="Torch-Pruning importance: group_norm (L2 over each dependency "
-                                                "group) or magnitude (L1 of each filter)", choices=IMPORTANCE)
+                                                "group) or magnitude (L1 of each layer's own filters)",
+                             choices=IMPORTANCE)
     # ONNX Runtime's blocked convolutions take 8 channels at a time on AVX2
     # (16 on AVX-512); 8 still lands every family within 3% of its targets.
     round_to: int = option(8, help="widths of pruned and scaled networks are multiples of this, halved where that "
@@ -187,6 +193,10 @@ class _Run:
     def net_dir(self, method: str, seed: int, g: int) -> Path:
         return self.out / method / f"seed_{seed}" / f"gen_{g:02d}"
 
+    def rel(self, path: Path) -> str:
+        """``path`` as stored in results: relative to the compare folder, so both can move together."""
+        return os.path.relpath(Path(path).resolve(), self.out.resolve())
+
 
 def _locate(target: str | Path) -> Path:
     """The evolve folder of ``target``: a ``run`` folder or an evolve folder."""
@@ -197,6 +207,11 @@ def _locate(target: str | Path) -> Path:
         return root / "evolve"
     raise ConfigError(f"{root} holds no lineage; pass a 'squishednets run' folder or an evolve folder whose "
                       "evolution has finished")
+
+
+def _train_seconds(history: Sequence[dict[str, Any]] | None) -> float:
+    """Seconds of training epochs in a ``fit`` history (evaluation and search excluded)."""
+    return float(sum(h.get("epoch_s", 0.0) for h in history or []))
 
 
 def targets_of(lineage: Lineage, generations: Sequence[int] | None = None) -> list[GenerationRecord]:
@@ -216,15 +231,17 @@ def targets_of(lineage: Lineage, generations: Sequence[int] | None = None) -> li
 def _open(target: str | Path, out: str | Path | None, cfg: CompareConfig, progress: bool) -> tuple[_Run, RunDir]:
     ev = _locate(target)
     lineage = Lineage.load(ev)
-    if len(lineage.generations) < 2:
-        raise ConfigError(f"{ev} has no evolved generation yet; let its evolution finish first")
     ev_doc = read_json_object(ev / CONFIG_FILE, ConfigError, "pass a folder written by 'squishednets evolve' or 'run'")
     ecfg = from_dict(EvolveConfig, ev_doc.get("config", {}), f"{ev / CONFIG_FILE}")
+    if len(lineage.generations) - 1 != ecfg.generations:
+        raise ConfigError(f"{ev} has {len(lineage.generations) - 1} of its {ecfg.generations} generations; let its "
+                          "evolution finish first (run the same evolve or run command again)")
     anc = load_checkpoint(ev / lineage.generations[0].path)
     anc_cfg, classes = train_config_of(anc)
-    anc_cfg = dataclasses.replace(anc_cfg, threads=cfg.threads, device=cfg.device, cache_dir=cfg.cache_dir,
-                                  eval_every=None)
     data = lineage.config.get("data") or anc_cfg.data
+    # The peers from scratch train with the ancestor's recipe on the lineage's data, taught by nobody.
+    anc_cfg = dataclasses.replace(anc_cfg, data=data, teacher=None, threads=cfg.threads, device=cfg.device,
+                                  cache_dir=cfg.cache_dir, eval_every=None)
     gen_train = dataclasses.replace(ecfg.train, **{k: getattr(anc_cfg, k) for k in INHERITED if k != "data"},
                                     data=data, threads=cfg.threads, device=cfg.device, cache_dir=cfg.cache_dir)
     tg = targets_of(lineage, cfg.generations)
@@ -235,12 +252,19 @@ def _open(target: str | Path, out: str | Path | None, cfg: CompareConfig, progre
     if splits.classes != classes:
         raise ConfigError(f"the data {data} no longer has the classes the ancestor learnt; compare on the run's data")
     root = Path(out) if out else compare_dir(ev)
-    # The ancestor is known by its weights: a moved run still resumes, another run does not.
-    digest = hashlib.sha256((Path(anc.path) / "weights.safetensors").read_bytes()).hexdigest()[:16]
+    # The lineage is known by its ancestor's weights and its generations' widths (a moved run still
+    # resumes, another lineage does not), the pruning by the library's version.
+    digest = _digest(Path(anc.path))
+    widths = hashlib.sha256(json.dumps([e.widths for e in lineage.generations]).encode()).hexdigest()[:16]
     rd = RunDir.open(root, cfg, "compare", extra={"lineage": str(ev.resolve()), "ancestor_weights": digest,
-                                                   "targets": [e.generation for e in tg]},
-                     check_extra=("ancestor_weights",))
+                                                   "lineage_widths": widths,
+                                                   "torch_pruning": _torch_pruning_version()},
+                     check_extra=("ancestor_weights", "lineage_widths"))
     return _Run(ev, lineage, ecfg, anc_cfg, gen_train, splits, tg, root, cfg), rd
+
+
+def _digest(checkpoint: Path) -> str:
+    return hashlib.sha256((Path(checkpoint) / "weights.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def _check_torch_pruning(cfg: CompareConfig) -> None:
@@ -289,18 +313,20 @@ def divisors(round_to: int) -> list[int]:
 
 
 def coarsest_within(make: Callable[[int], Any], size: Callable[[Any], int], target_params: int, round_to: int,
-                    tolerance: float) -> tuple[Any, int]:
+                    tolerance: float, ok: Callable[[Any], bool] = lambda obj: True) -> tuple[Any, int]:
     """``make(divisor)`` for the coarsest divisor (``round_to``, halved down to
-    1) whose size lies within ``tolerance`` of ``target_params``, and that
-    divisor; if none does, the nearest of all (the miss is reported by the caller)."""
-    best: tuple[float, Any, int] | None = None
+    1) whose result is ``ok`` and whose size lies within ``tolerance`` of
+    ``target_params``, and that divisor; if none does, the nearest of the ``ok``
+    ones (or of all), whose miss the caller reports."""
+    best: tuple[tuple[bool, float], Any, int] | None = None
     for d in divisors(round_to):
         obj = make(d)
         err = abs(size(obj) / target_params - 1)
-        if err <= tolerance:
+        good = ok(obj)
+        if good and err <= tolerance:
             return obj, d
-        if best is None or err < best[0]:
-            best = (err, obj, d)
+        if best is None or (not good, err) < best[0]:
+            best = ((not good, err), obj, d)
     assert best is not None
     return best[1], best[2]
 
@@ -342,7 +368,9 @@ def _importance(name: str) -> Any:
     import torch_pruning as tp
 
     if name == "magnitude":
-        return tp.importance.MagnitudeImportance(p=1)  # L1 norm of each filter (Li et al. 2017)
+        # L1 norm of the pruned layer's own filters (Li et al. 2017), as the library's docstring spells it:
+        # its MagnitudeImportance alone would average over every coupled layer.
+        return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None)
     return tp.importance.GroupMagnitudeImportance(p=2)  # L2 over the whole dependency group (DepGraph)
 
 
@@ -351,25 +379,42 @@ def _prune_copy(model: torch.nn.Module, ratio: float, cfg: CompareConfig, image_
     import torch_pruning as tp
 
     m = copy.deepcopy(model).cpu().eval()
-    x = torch.randn(1, 3, image_size, image_size)
-    # conv10 keeps one filter per class: it is the task, not a width to prune.
-    pruner = tp.pruner.MetaPruner(m, x, importance=_importance(cfg.importance), pruning_ratio=ratio,
-                                  ignored_layers=[m.conv10], round_to=divisor if divisor > 1 else None)
-    pruner.step()
+    x = torch.randn(1, 3, image_size, image_size)  # traced for the dependency graph only
+    try:
+        # conv10 keeps one filter per class: it is the task, not a width to prune.
+        pruner = tp.pruner.MetaPruner(m, x, importance=_importance(cfg.importance), pruning_ratio=ratio,
+                                      ignored_layers=[m.conv10], round_to=divisor if divisor > 1 else None)
+        pruner.step()
+    except Exception as e:  # the library's failure is the result, reported as such
+        raise TorchPruningError(f"Torch-Pruning failed at pruning ratio {ratio:.3f}: {type(e).__name__}: {e}") from None
     return m
+
+
+def _unit_names(genome: Genome) -> list[str]:
+    """Names of ``Genome.widths()``'s entries."""
+    return ["conv1"] + [f"fire{i + 2}.{r}" for i in range(len(genome.fires))
+                        for r in ("squeeze", "expand1x1", "expand3x3")]
+
+
+def _unpruned(before: Genome, after: Genome) -> list[str]:
+    """Layers the library left at full width (it does so, silently, where
+    rounding would take a layer to zero filters)."""
+    return [n for n, a, b in zip(_unit_names(before), before.widths(), after.widths()) if a > 0 and a == b]
 
 
 def prune_to(model: torch.nn.Module, target_params: int, cfg: CompareConfig,
              image_size: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """One step of Torch-Pruning: the uniform pruning ratio (bisection) whose
-    pruned network is nearest ``target_params``, widths rounded to
-    ``cfg.round_to`` (halved while that misses ``cfg.tolerance``), rebuilt by
-    our builder from the widths the library left, with its weights. The
-    rebuilt network must compute what the library's pruned module computes;
-    if not, the library pruned something our genome cannot express and
-    ``TorchPruningError`` says so."""
+    """One step of Torch-Pruning: the uniform pruning ratio whose pruned
+    network is nearest ``target_params`` with every layer pruned, widths
+    rounded to ``cfg.round_to`` (halved while that misses ``cfg.tolerance``
+    or leaves a layer whole), rebuilt by our builder from the widths the
+    library left, with its weights. The rebuilt network must compute what the
+    library's pruned module computes; if not, the library pruned something our
+    genome cannot express and ``TorchPruningError`` says so. Layers the
+    library left whole are listed in ``unpruned_layers``, not hidden."""
     got, divisor = coarsest_within(lambda d: _prune_at(model, target_params, cfg, image_size, d),
-                                   lambda r: r[1]["params"], target_params, cfg.round_to, cfg.tolerance)
+                                   lambda r: r[1]["params"], target_params, cfg.round_to, cfg.tolerance,
+                                   ok=lambda r: not r[1]["unpruned_layers"])
     rebuilt, info = got
     return rebuilt, {**info, "round_to": divisor}
 
@@ -381,14 +426,18 @@ def _prune_at(model: torch.nn.Module, target_params: int, cfg: CompareConfig, im
     if target_params >= start:
         ratio, pruned = 0.0, copy.deepcopy(model).cpu().eval()
     else:
-        tried: dict[float, tuple[int, torch.nn.Module]] = {}
+        tried: dict[float, tuple[int, torch.nn.Module, list[str]]] = {}
 
         def size(r: float) -> int:
             if r not in tried:
                 p = _prune_copy(model, r, cfg, image_size, divisor)
-                tried[r] = (_params(genome_of(p, base), image_size), p)
+                g = _genome_of_checked(p, base)
+                tried[r] = (_params(g, image_size), p, _unpruned(base, g))
             return tried[r][0]
 
+        # The size falls with the ratio except where rounding leaves layers
+        # whole; the bisection finds the crossing, and every ratio tried is a
+        # candidate: the nearest with every layer pruned wins.
         lo, hi = 0.0, 0.95
         for _ in range(14):
             mid = (lo + hi) / 2
@@ -396,13 +445,14 @@ def _prune_at(model: torch.nn.Module, target_params: int, cfg: CompareConfig, im
                 lo = mid
             else:
                 hi = mid
-        ratio = min((lo, hi), key=lambda r: abs(size(r) - target_params))
-        pruned = tried[ratio][1] if ratio in tried else _prune_copy(model, ratio, cfg, image_size, divisor)
-    genome = genome_of(pruned, base)
-    rebuilt = build(genome)
+        whole = [r for r in tried if not tried[r][2]] or list(tried)
+        ratio = min(whole, key=lambda r: abs(tried[r][0] - target_params))
+        pruned = tried[ratio][1]
+    genome = _genome_of_checked(pruned, base)
     try:
+        rebuilt = build(genome)
         rebuilt.load_state_dict(pruned.state_dict())
-    except RuntimeError as e:
+    except (RuntimeError, SquishedError) as e:
         raise TorchPruningError(f"Torch-Pruning left weights our builder cannot hold: {str(e).splitlines()[0]}") from None
     rebuilt.eval()
     x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
@@ -412,7 +462,15 @@ def _prune_at(model: torch.nn.Module, target_params: int, cfg: CompareConfig, im
     if not diff <= 1e-4 * max(1.0, float(ref.abs().max())):
         raise TorchPruningError(f"the network Torch-Pruning pruned and its rebuild differ by {diff:.3g}: the library "
                                 "pruned a layer in a way a SqueezeNet genome cannot express")
-    return rebuilt, {"ratio": ratio, "params": _params(genome, image_size), "rebuild_max_abs_diff": diff}
+    return rebuilt, {"ratio": ratio, "params": _params(genome, image_size), "rebuild_max_abs_diff": diff,
+                     "unpruned_layers": _unpruned(base, genome) if ratio > 0 else []}
+
+
+def _genome_of_checked(pruned: torch.nn.Module, base: Genome) -> Genome:
+    try:
+        return genome_of(pruned, base)
+    except (AttributeError, SquishedError) as e:
+        raise TorchPruningError(f"Torch-Pruning left a network that is no SqueezeNet genome: {e}") from None
 
 
 def _torch_pruning(run: _Run, seed: int, bar: Any) -> None:
@@ -421,32 +479,43 @@ def _torch_pruning(run: _Run, seed: int, bar: Any) -> None:
     root = run.out / "torch_pruning" / f"seed_{seed}"
     last = max(e.generation for e in run.targets)
     model = load_checkpoint(run.ancestor).model
-    wall = load_checkpoint(run.ancestor).metrics.get("wall_s", 0.0)
+    train_s = _train_seconds(load_checkpoint(run.ancestor).metrics.get("history"))
+    prune_s = 0.0
+    version = _torch_pruning_version()
     for g in range(1, last + 1):
         step = root / f"step_{g:02d}" / "model"
         if (step / "metrics.json").is_file():
             ck = load_checkpoint(step)
-            model, wall = ck.model, ck.metrics["cumulative_wall_s"]
+            if ck.metrics["torch_pruning"] != version:
+                raise TorchPruningError(f"{step} was pruned by Torch-Pruning {ck.metrics['torch_pruning']}, this is "
+                                        f"{version}; delete {root} to prune again with this version")
+            model, train_s, prune_s = ck.model, ck.metrics["cumulative_train_s"], ck.metrics["cumulative_prune_s"]
             continue
         t0 = time.perf_counter()
         target = run.lineage.generations[g].params
         pruned, info = prune_to(model, target, run.cfg, run.image_size)
+        prune_s += time.perf_counter() - t0
+        if info["unpruned_layers"]:
+            log.warning("torch_pruning step %d: the library left %s whole", g, ", ".join(info["unpruned_layers"]))
         tcfg = dataclasses.replace(run.gen_train, seed=offspring_seed(seed, g, 0))
         res = fit(pruned, (run.splits.train.images, run.splits.train.labels), tcfg,
                   resume=Resumable(step.parent / "state", {"genome": pruned.genome.to_dict(), "step": g}),
                   desc=f"torch_pruning seed {seed} step {g}/{last}" if bar is not None else None)
         pruned.cpu()
-        step_wall = time.perf_counter() - t0
-        wall += step_wall
+        train_s += res["train_time_s"]  # restored with the state, so a resumed step counts every epoch
         m = {**accuracy_metrics(pruned, run.splits), **info, "target_params": target, "step": g,
-             "train_time_s": res["train_time_s"], "history": res["history"], "wall_s": step_wall,
-             "cumulative_wall_s": wall, "torch_pruning": _torch_pruning_version(), "importance": run.cfg.importance}
+             "train_time_s": res["train_time_s"], "history": res["history"], "cumulative_train_s": train_s,
+             "cumulative_prune_s": prune_s, "torch_pruning": version, "importance": run.cfg.importance}
         save_checkpoint(step, pruned, m, checkpoint_config(tcfg, run.splits.classes))
         model = pruned
     for e in run.targets:
-        ck = root / f"step_{e.generation:02d}" / "model"
-        _result(run, "torch_pruning", seed, e, ck, epochs=run.anc_cfg.epochs + e.generation * run.evolve.train.epochs,
-                wall=load_checkpoint(ck).metrics["cumulative_wall_s"], bar=bar)
+        ck = load_checkpoint(root / f"step_{e.generation:02d}" / "model")
+        _result(run, "torch_pruning", seed, e, Path(ck.path),
+                epochs=run.anc_cfg.epochs + e.generation * run.evolve.train.epochs,
+                train_s=ck.metrics["cumulative_train_s"], bar=bar,
+                extra={"prune_search_s": ck.metrics["cumulative_prune_s"], "round_to": ck.metrics["round_to"],
+                       "unpruned_layers": sorted({n for g in range(1, e.generation + 1) for n in load_checkpoint(
+                           root / f"step_{g:02d}" / "model").metrics["unpruned_layers"]})})
 
 
 # -- the other methods ------------------------------------------------------------------
@@ -455,29 +524,34 @@ def _evolution(run: _Run, method: str, seed: int, bar: Any) -> None:
         lin, ev = run.lineage, run.evolve_dir  # the run's own lineage
     else:
         ev = run.out / method / f"seed_{seed}" / "evolve"
-        ecfg = dataclasses.replace(run.evolve, seed=seed, distill=run.cfg.distill if method != "evolution" else None,
+        # More seeds of "evolution" are evolved as the run was (taught too, if it was).
+        distill = run.cfg.distill if method == "evolution_distill" else run.evolve.distill
+        ecfg = dataclasses.replace(run.evolve, seed=seed, distill=distill,
                                    train=dataclasses.replace(run.evolve.train, threads=run.cfg.threads,
                                                              device=run.cfg.device, cache_dir=run.cfg.cache_dir))
         lin = evolve(run.ancestor, ev, ecfg, progress=bar is not None)
-    walls = [e.wall_s for e in lin.generations]
+    train_s = [_train_seconds(load_checkpoint(ev / lin.generations[0].path).metrics.get("history"))]
+    for e in lin.generations[1:]:  # every candidate's training counts, not only the survivor's
+        train_s.append(sum(_train_seconds(load_checkpoint(ev / f"gen_{e.generation:02d}" / f"cand_{c.index}" / "model")
+                                          .metrics.get("history")) for c in e.candidates))
     for e in run.targets:
         mine = lin.generations[e.generation]
         _result(run, method, seed, e, ev / mine.path, epochs=run.epochs(e.generation),
-                wall=sum(walls[:e.generation + 1]), bar=bar)
+                train_s=sum(train_s[:e.generation + 1]), bar=bar)
 
 
 def _genome_for(run: _Run, method: str, e: GenerationRecord) -> Genome:
     lineage_genome = load_checkpoint(run.evolve_dir / e.path).genome
-    n = lineage_genome.num_classes
+    n, bn = lineage_genome.num_classes, lineage_genome.batchnorm
     if method == "lineage_from_scratch":
         return lineage_genome.replace(name=f"{lineage_genome.name}_scratch")
     size = lambda g: _params(g, run.image_size)  # noqa: E731
     if method == "scaled_width":
-        v11 = get_genome("squeezenet1_1", n, batchnorm=True)
+        v11 = get_genome("squeezenet1_1", n, batchnorm=bn)
         return coarsest_within(lambda d: match_width(v11, e.params, d, run.image_size), size, e.params,
                                run.cfg.round_to, run.cfg.tolerance)[0]
-    return coarsest_within(lambda d: match_design(e.params, n, run.image_size, run.cfg, divisor=d), size, e.params,
-                           run.cfg.round_to, run.cfg.tolerance)[0]
+    return coarsest_within(lambda d: match_design(e.params, n, run.image_size, run.cfg, batchnorm=bn, divisor=d),
+                           size, e.params, run.cfg.round_to, run.cfg.tolerance)[0]
 
 
 def _from_scratch(run: _Run, method: str, seed: int, bar: Any) -> None:
@@ -491,11 +565,11 @@ def _from_scratch(run: _Run, method: str, seed: int, bar: Any) -> None:
             atomic_write_text(gpath, genome.to_json())
         tcfg = dataclasses.replace(run.anc_cfg, model=str(gpath.resolve()), seed=seed, epochs=run.epochs(e.generation))
         m = run_training(tcfg, d / "train", resume=True, progress=bar is not None)
-        _result(run, method, seed, e, d / "train" / "model", epochs=tcfg.epochs, wall=m["train_time_s"], bar=bar)
+        _result(run, method, seed, e, d / "train" / "model", epochs=tcfg.epochs, train_s=m["train_time_s"], bar=bar)
 
 
-def _result(run: _Run, method: str, seed: int, target: GenerationRecord, ck_path: Path, epochs: int, wall: float,
-            bar: Any) -> dict[str, Any]:
+def _result(run: _Run, method: str, seed: int, target: GenerationRecord, ck_path: Path, epochs: int,
+            train_s: float, bar: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure one network (once) and write its ``result.json``."""
     d = run.net_dir(method, seed, target.generation)
     done = d / "result.json"
@@ -509,18 +583,19 @@ def _result(run: _Run, method: str, seed: int, target: GenerationRecord, ck_path
     parity: dict[str, Any] = export_onnx(ck.model, onnx_path, run.image_size)  # parity on noise: a mismatch stops
     try:
         parity.update(check_onnx_images(fold_batchnorm(ck.model).eval(), onnx_path, test, label=onnx_path))
-    except ExportError as e:  # a network that learnt nothing is a result of its method, not a failure of compare
+    except DeadNetworkError as e:  # a network that learnt nothing is a result of its method; a broken export is not
         parity["error"] = str(e)
         log.warning("%s seed %d generation %d: %s", method, seed, target.generation, e)
     r = {"method": method, "seed": seed, "generation": target.generation, "name": ck.genome.name,
          "target_size_mb": target.size_mb, "size_mb": prof.size_mb, "params": prof.params, "macs": prof.macs,
          "size_error": prof.params / target.params - 1,
          "within_tolerance": abs(prof.params / target.params - 1) <= run.cfg.tolerance,
-         "heldout_top1": acc["heldout_top1"], "test_top1": acc["test_top1"], "epochs": epochs, "train_wall_s": wall,
-         "widths": ck.genome.widths(), "checkpoint": str(Path(ck_path).resolve().relative_to(run.out.resolve()))
-         if Path(ck_path).resolve().is_relative_to(run.out.resolve()) else str(Path(ck_path).resolve()),
-         "onnx_max_abs_diff": parity["max_abs_diff"], "onnx_real_max_abs_diff": parity.get("real_max_abs_diff"),
-         "onnx_real_top1_agreement": parity.get("real_top1_agreement"), "onnx_error": parity.get("error")}
+         "heldout_top1": acc["heldout_top1"], "test_top1": acc["test_top1"], "epochs": epochs,
+         "train_wall_s": train_s, "widths": ck.genome.widths(), "checkpoint": run.rel(ck_path),
+         "weights": _digest(ck_path), "onnx_max_abs_diff": parity["max_abs_diff"],
+         "onnx_real_max_abs_diff": parity.get("real_max_abs_diff"),
+         "onnx_real_top1_agreement": parity.get("real_top1_agreement"), "onnx_error": parity.get("error"),
+         **(extra or {})}
     if not r["within_tolerance"]:
         log.warning("%s seed %d: %.3f MB misses generation %d's %.3f MB by %+.1f%% (tolerance %.0f%%)", method, seed,
                     r["size_mb"], target.generation, target.size_mb, 100 * r["size_error"], 100 * run.cfg.tolerance)
@@ -534,23 +609,25 @@ def _result(run: _Run, method: str, seed: int, target: GenerationRecord, ck_path
 def _timing(run: _Run, rows: list[dict[str, Any]], say: Callable[[str], None]) -> dict[str, Any]:
     """ONNX Runtime images/s of every network (and the ancestor) at each size,
     in interleaved rounds, all in one pass: one network's figure is never from
-    a quieter minute than another's. Kept in timing.json; a new network or
-    size times everything again."""
+    a quieter minute than another's. Kept in timing.json; a new network (or
+    new weights under a known name), size or round count times everything again."""
     path = run.out / "timing.json"
     keys = ["ancestor"] + [_key(r) for r in rows]
+    weights = [_digest(run.ancestor)] + [r["weights"] for r in rows]
     sizes = list(run.cfg.image_sizes)
     if path.is_file():
         doc = read_json_object(path, ConfigError, "delete it to time the networks again")
-        if doc.get("keys") == keys and doc.get("sizes") == sizes and doc.get("rounds") == run.cfg.rounds:
+        if (doc.get("keys"), doc.get("weights"), doc.get("sizes"), doc.get("rounds")) == (keys, weights, sizes,
+                                                                                          run.cfg.rounds):
             return doc
     say(f"timing {len(keys)} networks in ONNX Runtime at {', '.join(f'{s}px' for s in sizes)}, batch 32, "
         f"{run.cfg.rounds} interleaved rounds")
     models = {"ancestor": run.ancestor, **{_key(r): _abs_checkpoint(run, r) for r in rows}}
     files: dict[tuple[str, int], Path] = {}
-    for k, ck_path in models.items():
+    for (k, ck_path), digest in zip(models.items(), weights):
         model = load_checkpoint(ck_path).model
         for s in sizes:
-            f = (run.out / "timing" / k.replace("/", "_") / f"{s}px.onnx")
+            f = run.out / "timing" / f"{k.replace('/', '_')}_{digest}" / f"{s}px.onnx"
             if not f.is_file():  # checked at the training size already (result.json)
                 export_onnx(model, f, s, check=False)
             files[(k, s)] = f
@@ -562,7 +639,7 @@ def _timing(run: _Run, rows: list[dict[str, Any]], say: Callable[[str], None]) -
                 sp = ort_speed(files[(k, s)], s, None)
                 per[k][str(s)].append(sp["ort_b32_img_s"])
                 busy = busy or bool(sp["machine_busy"])
-    doc = {"keys": keys, "sizes": sizes, "rounds": run.cfg.rounds, "batch": 32, "machine_busy": busy,
+    doc = {"keys": keys, "weights": weights, "sizes": sizes, "rounds": run.cfg.rounds, "batch": 32, "machine_busy": busy,
            "img_s": {k: {s: {"median": statistics.median(v), "rounds": v} for s, v in d.items()}
                      for k, d in per.items()}}
     atomic_write_json(path, doc)
@@ -574,8 +651,7 @@ def _key(r: dict[str, Any]) -> str:
 
 
 def _abs_checkpoint(run: _Run, r: dict[str, Any]) -> Path:
-    p = Path(r["checkpoint"])
-    return p if p.is_absolute() else run.out / p
+    return run.out / r["checkpoint"]
 
 
 # -- the side by side -------------------------------------------------------------------
@@ -601,24 +677,28 @@ def _summarize(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, dict[s
     return summ
 
 
-def _goal(summ: dict[str, dict[str, Any]], targets: list[GenerationRecord]) -> dict[str, Any]:
-    """Per matched size: does evolution (with or without distillation) have a
-    higher mean test top-1 than every peer, at equal or fewer epochs?"""
+def goal(summ: dict[str, dict[str, Any]], generations: Sequence[int | str]) -> dict[str, Any]:
+    """Per matched size: does evolution, with or without distillation (the
+    variant chosen by held-out top-1), have a higher mean test top-1 than
+    every peer, at equal or fewer epochs? A peer that missed the size is
+    compared too, and flagged."""
     per = {}
-    for e in targets:
-        g = str(e.generation)
+    for gen in generations:
+        g = str(gen)
         evo = {m: summ[m][g] for m in EVOLUTION if g in summ.get(m, {})}
         peers = {m: summ[m][g] for m in PEERS if g in summ.get(m, {})}
         if not evo or not peers:
             continue
-        best = max(evo, key=lambda m: evo[m]["test_top1"]["mean"])
-        beaten = {m: evo[best]["test_top1"]["mean"] > p["test_top1"]["mean"]
-                  and evo[best]["epochs"] <= p["epochs"] for m, p in peers.items()}
-        per[g] = {"best_evolution": best, "test_top1": evo[best]["test_top1"]["mean"], "beats": beaten,
-                  "met": all(beaten.values())}
+        best = max(evo, key=lambda m: evo[m]["heldout_top1"]["mean"])  # chosen on held-out, judged on test
+        vs = {m: {"higher_test_top1": evo[best]["test_top1"]["mean"] > p["test_top1"]["mean"],
+                  "epochs_le": evo[best]["epochs"] <= p["epochs"], "peer_size_within_tolerance":
+                      p["all_within_tolerance"]} for m, p in peers.items()}
+        per[g] = {"evolution_variant": best, "test_top1": evo[best]["test_top1"]["mean"], "versus": vs,
+                  "met": all(v["higher_test_top1"] and v["epochs_le"] for v in vs.values())}
     return {"per_generation": per, "met": bool(per) and all(v["met"] for v in per.values()),
-            "rule": "at each matched size, the better of evolution and evolution_distill has a higher mean test "
-                    "top-1 than every peer, at equal or fewer total training epochs"}
+            "rule": "at each matched size, evolution (with or without distillation, the variant with the higher "
+                    "held-out top-1) has a higher mean test top-1 than every peer, at equal or fewer total "
+                    "training epochs"}
 
 
 _LABELS = {"evolution": "evolution", "evolution_distill": "evolution + distillation",
@@ -744,12 +824,25 @@ def compare(target: str | Path, cfg: CompareConfig, out: str | Path | None = Non
     anc_ck = load_checkpoint(run.ancestor)
     anc = {"size_mb": run.lineage.generations[0].size_mb, "macs": run.lineage.generations[0].macs,
            "heldout_top1": run.lineage.generations[0].heldout_top1, "test_top1": run.lineage.generations[0].test_top1,
-           "epochs": run.anc_cfg.epochs, "train_wall_s": anc_ck.metrics.get("wall_s"),
+           "epochs": run.anc_cfg.epochs, "train_wall_s": _train_seconds(anc_ck.metrics.get("history")),
            **{f"ort_b32_img_s_{px}px": timing["img_s"]["ancestor"][str(px)]["median"] for px in cfg.image_sizes}}
     misses = [r for r in rows if not r["within_tolerance"]]
     notes = [f"{r['method']} seed {r['seed']} at generation {r['generation']}: {r['size_mb']:.3f} MB is "
              f"{100 * r['size_error']:+.1f}% from the target {r['target_size_mb']:.3f} MB (tolerance "
              f"{100 * cfg.tolerance:.0f}%)" for r in misses]
+    notes += [f"{r['method']} seed {r['seed']} at generation {r['generation']}: {r['onnx_error']}"
+              for r in rows if r.get("onnx_error")]
+    notes += [f"Torch-Pruning left {', '.join(r['unpruned_layers'])} whole on the way to generation {r['generation']} "
+              f"(seed {r['seed']}): rounding would have taken them to zero filters" for r in rows
+              if r.get("unpruned_layers")]
+    if run.evolve.distill:
+        notes.append(f"The run itself was evolved with --distill {run.evolve.distill}: 'evolution' is distilled too.")
+    if run.evolve.population > 1 and "torch_pruning" in methods:
+        notes.append(f"With a population of {run.evolve.population}, evolution trains {run.evolve.population} "
+                     "offspring per generation; Torch-Pruning fine-tunes one network per step, so it spends fewer "
+                     "epochs and the budget rule counts that against evolution.")
+    notes.append("Training time counts the epochs' seconds only (the ancestor's included for the methods that start "
+                 "from it; every candidate's for evolution); Torch-Pruning's ratio search is prune_search_s.")
     if "torch_pruning" in methods and "torch_pruning" not in errors:
         notes.append("Torch-Pruning leaves conv10 alone (one filter per class: the task, not a width); every other "
                      "layer, the Fire modules' concatenation included, is pruned by the library's dependency graph, "
@@ -760,7 +853,7 @@ def compare(target: str | Path, cfg: CompareConfig, out: str | Path | None = Non
            "config": to_dict(cfg), "image_sizes": list(cfg.image_sizes), "torch_pruning_version": _torch_pruning_version(),
            "targets": [{"generation": e.generation, "size_mb": e.size_mb, "params": e.params,
                         "epochs": run.epochs(e.generation)} for e in run.targets],
-           "ancestor": anc, "rows": rows, "summary": summ, "goal": _goal(summ, run.targets),
+           "ancestor": anc, "rows": rows, "summary": summ, "goal": goal(summ, [e.generation for e in run.targets]),
            "timing": {k: timing[k] for k in ("rounds", "batch", "machine_busy", "sizes")},
            "notes": notes, "errors": errors}
     png = _plot(doc) if rows else ""
@@ -773,16 +866,22 @@ def compare(target: str | Path, cfg: CompareConfig, out: str | Path | None = Non
         atomic_write_bytes(run.out / "compare.png", base64.b64decode(png))
     atomic_write_text(run.out / "section.html", section_html(doc, png))
     rd.finish("compare", {"methods": methods, "errors": errors})
-    _refresh_report(run.evolve_dir)
+    _refresh_report(run, say)
     return doc
 
 
-def _refresh_report(ev: Path) -> None:
+def _refresh_report(run: _Run, say: Callable[[str], None]) -> None:
     """Rewrite the run's report, if it has one, with the compare section."""
-    report = ev.parent / "report" if ev.name == "evolve" else ev / "report"
-    if (report / "report.html").is_file():
-        exports = ev.parent / "export" / "export.json"
-        write_report(ev, report, exports=json.loads(exports.read_text()) if exports.is_file() else None)
+    root = run_root(run.evolve_dir)
+    report = (root or run.evolve_dir) / "report"
+    if run.out.resolve() != compare_dir(run.evolve_dir):
+        say(f"note: the run's report shows a comparison written to {compare_dir(run.evolve_dir)} only, not to "
+            f"{run.out}")
+    elif (report / "report.html").is_file():
+        exports = root / "export" / "export.json" if root else None
+        write_report(run.evolve_dir, report,
+                     exports=json.loads(exports.read_text()) if exports and exports.is_file() else None)
+        say(f"added the comparison to {report / 'report.html'}")
 
 
 def summary(doc: dict[str, Any]) -> str:

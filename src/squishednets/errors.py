@@ -4,7 +4,8 @@ Each message names the problem and the fix; the CLI prints ``error: <message>``
 and exits with status 2, never a traceback.
 """
 
-__all__ = ["SquishedError", "GenomeError", "DataError", "CheckpointError", "ConfigError", "ExportError", "StorageError"]
+__all__ = ["SquishedError", "GenomeError", "DataError", "CheckpointError", "ConfigError", "ExportError",
+           "DeadNetworkError", "StorageError"]
 
 
 class SquishedError(Exception):
@@ -29,6 +30,11 @@ class ConfigError(SquishedError):
 
 class ExportError(SquishedError):
     """An export that failed its check against PyTorch."""
+
+
+class DeadNetworkError(ExportError):
+    """A network whose outputs are degenerate in PyTorch already: the export
+    is faithful, the network learnt nothing."""
 
 
 class StorageError(SquishedError, OSError):

@@ -32,7 +32,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .checkpoint import load_checkpoint
 from .data import load_dataset, load_split, normalize_batch, test_split_name
-from .errors import ConfigError, DataError, ExportError
+from .errors import ConfigError, DataError, DeadNetworkError, ExportError
 from .io import atomic_write_file
 from .model import SqueezeNet, fold_batchnorm
 from .ort import cpu_flags, images_per_second, session
@@ -85,9 +85,10 @@ def _compare(ref: np.ndarray, got: np.ndarray, where: str, tol: float, real: boo
         raise ExportError(f"{where}: ONNX Runtime outputs are not finite; the export is broken")
     bad, ref_bad = _degenerate(got), _degenerate(ref)
     if bad and (real or not ref_bad):
-        why = ("PyTorch's are too: the network itself is dead, retrain it" if ref_bad
-               else "PyTorch's are not: the export is broken")
-        raise ExportError(f"{where}: ONNX Runtime outputs are {bad}; {why}")
+        if ref_bad:
+            raise DeadNetworkError(f"{where}: ONNX Runtime outputs are {bad}; PyTorch's are too: the network "
+                                   "itself is dead, retrain it")
+        raise ExportError(f"{where}: ONNX Runtime outputs are {bad}; PyTorch's are not: the export is broken")
     d = float(np.abs(got - ref).max())
     bound = tol * max(1.0, float(np.abs(ref).max()))
     if d > bound:

@@ -39,7 +39,7 @@ from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import ALEXNET_MB, SQUEEZENET11_MB
 from .records import LINEAGE_FILE, SELECTED_BY, GenerationRecord, Lineage
 
-__all__ = ["compare_dir", "compare_section", "PaperRow", "PAPER_TABLE1", "PAPER_SETTING", "SELECTION_LINE", "TableRow", "pareto_front",
+__all__ = ["run_root", "compare_dir", "compare_section", "PaperRow", "PAPER_TABLE1", "PAPER_SETTING", "SELECTION_LINE", "TableRow", "pareto_front",
            "choose_squishednets", "build_table", "filters_kept", "draw_filters_kept", "figure_png", "write_report"]
 
 # How the report names SquishedNet-1…4 (shown on the page as written here).
@@ -519,11 +519,22 @@ def compare_section(run: str | Path) -> str:
     return f.read_text() if f.is_file() else ""
 
 
+def run_root(run: str | Path) -> Path | None:
+    """The ``squishednets run`` folder whose ``evolve/`` is ``run``, or None."""
+    run = Path(run).resolve()
+    cfg = run.parent / "config.json"
+    if run.name != "evolve" or not cfg.is_file():
+        return None
+    try:
+        return run.parent if json.loads(cfg.read_text()).get("kind") == "run" else None
+    except ValueError:
+        return None
+
+
 def compare_dir(run: str | Path) -> Path:
     """Where ``squishednets compare`` writes by default for an evolve folder:
-    beside it when it is a run folder's ``evolve/``, else inside it."""
-    run = Path(run)
-    return (run.parent if run.name == "evolve" else run) / "compare"
+    beside it in a run folder (``RUN/compare``), else inside it."""
+    return (run_root(run) or Path(run).resolve()) / "compare"
 
 
 def write_report(run: str | Path, out: str | Path | None = None,
