@@ -89,7 +89,7 @@ def test_torch_pruning_steps_follow_every_generation(compared):
     root, _ = compared
     lin = Lineage.load(root / "ev")
     for g in (1, 2, 3):
-        ck = load_checkpoint(root / "ev" / "compare" / "torch_pruning" / f"seed_0" / f"step_{g:02d}" / "model")
+        ck = load_checkpoint(root / "ev" / "compare" / "torch_pruning" / "seed_0" / f"step_{g:02d}" / "model")
         assert abs(profile(ck.genome, 32).params / lin.generations[g].params - 1) <= 0.03
         assert 0 < ck.metrics["ratio"] < 1 and ck.metrics["rebuild_max_abs_diff"] <= 1e-4
         assert len(ck.metrics["history"]) == EPOCHS["generation"] and ck.metrics["torch_pruning"] == "1.6.1"

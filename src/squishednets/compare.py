@@ -56,7 +56,6 @@ The folder::
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -66,7 +65,6 @@ import json
 import importlib.metadata
 import io
 import logging
-import math
 import os
 import statistics
 import time
@@ -777,9 +775,9 @@ def section_html(doc: dict[str, Any], png_b64: str) -> str:
     cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c.strip())}</{'th' if i == 0 else 'td'}>"
                               for c in ln.strip("|").split("|")) + "</tr>" for i, ln in enumerate(table)]
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in md[1:] if n.strip())
-    goal = doc["goal"]
-    verdict = ("met" if goal["met"] else "not met") if goal["per_generation"] else "not measured (no peer ran)"
-    return (f'<h2 id="compare">Against the alternatives</h2><p>Goal ({html.escape(goal["rule"])}): '
+    g = doc["goal"]
+    verdict = ("met" if g["met"] else "not met") if g["per_generation"] else "not measured (no peer ran)"
+    return (f'<h2 id="compare">Against the alternatives</h2><p>Goal ({html.escape(g["rule"])}): '
             f"<b>{verdict}</b>.</p><table>{''.join(cells)}</table>{notes}"
             f'<figure><img id="compare-plot" alt="test top-1 against size and speed per method" '
             f'src="data:image/png;base64,{png_b64}"></figure>')
