@@ -34,6 +34,7 @@ from common import write_result
 from squishednets.compare import METHODS, CompareConfig, compare, goal
 from squishednets.evolve import evolve
 from squishednets.pipeline import RunConfig
+from squishednets.report import compare_dir
 from squishednets.train import run_training
 
 
@@ -62,7 +63,7 @@ def _stats(v: list[float]) -> dict[str, float]:
 def summarize(seeds: list[int], runs_dir: Path, anc_epochs: int, gen_epochs: int) -> None:
     rows, versions, targets, splits = [], set(), {}, set()
     for s in seeds:
-        doc = json.loads((runs_dir / f"seed{s}" / "compare" / "compare.json").read_text())
+        doc = json.loads((compare_dir(runs_dir / f"seed{s}" / "evolve") / "compare.json").read_text())
         versions.add(doc["torch_pruning_version"])
         splits.add(doc["test_split"])
         targets[s] = [t["generation"] for t in doc["targets"]]
