@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def command_line(argv: list[str] | None = None, cwd: str | Path | None = None) -
             except ValueError:
                 pass  # outside the working folder: the path is the only way to name it
     return shlex.join(["python", *argv])
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value) and count: how every claim over seeds is quoted."""
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
 
 
 def write_result(name: str, payload: dict) -> Path:

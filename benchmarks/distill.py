@@ -30,7 +30,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import write_result
+from common import stats, write_result
 
 from squishednets.evolve import evolve
 from squishednets.pipeline import RunConfig
@@ -114,10 +114,8 @@ def lineages(seeds: list[int], seed_runs: Path, runs: Path, t: float, w: float, 
     write_result("distill", {
         "seeds": seeds, "teacher": "ancestor", "temperature": t, "weight": w, "selected_by": "heldout",
         "test_split": "val", "per_seed": per_seed,
-        "summary": {"final_drop_points_distill": {"mean": statistics.mean(drop), "n": len(drop),
-                                                  "sd": statistics.stdev(drop) if len(drop) > 1 else 0.0},
-                    "final_drop_points_plain": {"mean": statistics.mean(p["final_drop_points_plain"]
-                                                                         for p in per_seed), "n": len(per_seed)},
+        "summary": {"final_drop_points_distill": stats(drop),
+                    "final_drop_points_plain": stats([p["final_drop_points_plain"] for p in per_seed]),
                     "goal_final_le_0.49mb_drop_le_0.5": max(p["final_size_mb"] for p in per_seed) <= 0.49
                     and statistics.mean(drop) <= 0.5}})
 

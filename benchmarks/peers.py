@@ -25,11 +25,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 from pathlib import Path
 
-from common import write_result
+from common import stats, write_result
 
 from squishednets.compare import METHODS, CompareConfig, compare, goal
 from squishednets.evolve import evolve
@@ -56,9 +55,6 @@ def run_compare(root: Path, threads: int | None) -> dict:
     return doc
 
 
-def _stats(v: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-
 
 def summarize(seeds: list[int], runs_dir: Path, anc_epochs: int, gen_epochs: int) -> None:
     rows, versions, targets, splits = [], set(), {}, set()
@@ -79,10 +75,10 @@ def summarize(seeds: list[int], runs_dir: Path, anc_epochs: int, gen_epochs: int
     for r in rows:
         rank = targets[r["run_seed"]].index(r["generation"])
         by.setdefault(r["method"], {}).setdefault(rank, []).append(r)
-    summary = {m: {str(k): {"size_mb": _stats([r["size_mb"] for r in v]),
-                            "test_top1": _stats([r["test_top1"] for r in v]),
-                            "heldout_top1": _stats([r["heldout_top1"] for r in v]),
-                            "ort_b32_img_s": _stats([r["ort_b32_img_s"] for r in v]),
+    summary = {m: {str(k): {"size_mb": stats([r["size_mb"] for r in v]),
+                            "test_top1": stats([r["test_top1"] for r in v]),
+                            "heldout_top1": stats([r["heldout_top1"] for r in v]),
+                            "ort_b32_img_s": stats([r["ort_b32_img_s"] for r in v]),
                             "epochs": max(r["epochs"] for r in v),
                             "all_within_tolerance": all(r["within_tolerance"] for r in v)}
                     for k, v in sorted(ranks.items())}

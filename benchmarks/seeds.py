@@ -25,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import write_result
+from common import stats, write_result
 
 from squishednets.bench import BenchConfig, GemmCeiling, bench_model, gemm_ceiling
 from squishednets.checkpoint import load_checkpoint
@@ -71,10 +71,6 @@ def speedups(root: Path, lin: Lineage, sizes: list[int], rounds: int,
     return out
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
 
 def summarize(seeds: list[int], runs_dir: Path, rounds: int) -> None:
     ceiling = gemm_ceiling(threads=os.cpu_count() or 1)  # the threads bench_model times with
@@ -95,15 +91,15 @@ def summarize(seeds: list[int], runs_dir: Path, rounds: int) -> None:
         })
         print(per_seed[-1], flush=True)
     summary = {
-        "final_size_mb": _stats([p["final"]["size_mb"] for p in per_seed]),
-        "ancestor_test_top1": _stats([p["ancestor"]["test_top1"] for p in per_seed]),
-        "final_test_top1": _stats([p["final"]["test_top1"] for p in per_seed]),
-        "test_top1_drop_points": _stats([p["test_top1_drop_points"] for p in per_seed]),
-        "ancestor_heldout_top1": _stats([p["ancestor"]["heldout_top1"] for p in per_seed]),
-        "final_heldout_top1": _stats([p["final"]["heldout_top1"] for p in per_seed]),
-        "ort_speedup_64px": _stats([p["ort_speedup_64px"]["median"] for p in per_seed]),
-        "ort_speedup_224px": _stats([p["ort_speedup_224px"]["median"] for p in per_seed]),
-        "ancestor_ort_224px_efficiency": _stats([p["ancestor_ort_224px_efficiency"] for p in per_seed]),
+        "final_size_mb": stats([p["final"]["size_mb"] for p in per_seed]),
+        "ancestor_test_top1": stats([p["ancestor"]["test_top1"] for p in per_seed]),
+        "final_test_top1": stats([p["final"]["test_top1"] for p in per_seed]),
+        "test_top1_drop_points": stats([p["test_top1_drop_points"] for p in per_seed]),
+        "ancestor_heldout_top1": stats([p["ancestor"]["heldout_top1"] for p in per_seed]),
+        "final_heldout_top1": stats([p["final"]["heldout_top1"] for p in per_seed]),
+        "ort_speedup_64px": stats([p["ort_speedup_64px"]["median"] for p in per_seed]),
+        "ort_speedup_224px": stats([p["ort_speedup_224px"]["median"] for p in per_seed]),
+        "ancestor_ort_224px_efficiency": stats([p["ancestor_ort_224px_efficiency"] for p in per_seed]),
     }
     summary["goal_final_le_0.49mb_and_drop_le_1"] = (max(p["final"]["size_mb"] for p in per_seed) <= 0.49
                                                      and summary["test_top1_drop_points"]["mean"] <= 1.0)

@@ -9,6 +9,7 @@ synapse masks of a sparse offspring (SquishedNets paper, section 3).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from .genome import Genome, get_genome, list_genomes, load_genome_file
 from .io import atomic_dir, recover_dir
 from .model import SqueezeNet, build
 
-__all__ = ["resolve_genome", "Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "is_checkpoint", "load_weights_into"]
+__all__ = ["resolve_genome", "Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "is_checkpoint",
+           "load_weights_into", "weights_digest", "read_metrics"]
 
 GENOME, WEIGHTS, METRICS, CONFIG, MASKS = "genome.json", "weights.safetensors", "metrics.json", "config.json", "masks.safetensors"
 
@@ -61,6 +63,17 @@ def save_checkpoint(
 
     atomic_dir(path, fill)
     return path
+
+
+def weights_digest(path: str | Path) -> str:
+    """A checkpoint's identity: the hash of its weights file, so that a moved
+    checkpoint is the same one and other weights at the same path are not."""
+    return hashlib.sha256((resolve_checkpoint(path) / WEIGHTS).read_bytes()).hexdigest()[:16]
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metrics without building its network."""
+    return json.loads((resolve_checkpoint(path) / METRICS).read_text())
 
 
 def is_checkpoint(path: str | Path) -> bool:

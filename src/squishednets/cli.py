@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _say(a: argparse.Namespace) -> Any:
+    """Progress lines on stdout, or nothing when stdout carries --json."""
+    return (lambda s: None) if a.json else (lambda s: print(s, flush=True))
+
+
 def _emit(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
@@ -313,8 +318,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 def cmd_explore(a: argparse.Namespace) -> int:
     cfg = resolve(ExploreConfig, a.config, flags=flag_values(a))
-    doc = explore(cfg, a.out, progress=not (a.no_progress or a.json), say=(lambda s: None) if a.json else
-                  (lambda s: print(s, flush=True)))
+    doc = explore(cfg, a.out, progress=not (a.no_progress or a.json), say=_say(a))
     if a.json:
         _emit(doc)
         return 0
@@ -324,8 +328,7 @@ def cmd_explore(a: argparse.Namespace) -> int:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     cfg = resolve(CompareConfig, a.config, flags=flag_values(a))
-    doc = compare(a.run, cfg, a.out, progress=not (a.no_progress or a.json),
-                  say=(lambda s: None) if a.json else (lambda s: print(s, flush=True)))
+    doc = compare(a.run, cfg, a.out, progress=not (a.no_progress or a.json), say=_say(a))
     if a.json:
         _emit(doc)
     else:

@@ -75,7 +75,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_metrics, save_checkpoint, weights_digest
 from .config import from_dict, option, to_dict
 from .data import Splits, load_splits
 from .errors import ConfigError, DeadNetworkError, SquishedError
@@ -252,17 +252,13 @@ def _open(target: str | Path, out: str | Path | None, cfg: CompareConfig, progre
     root = Path(out) if out else compare_dir(ev)
     # The lineage is known by its ancestor's weights and its generations' widths (a moved run still
     # resumes, another lineage does not), the pruning by the library's version.
-    digest = _digest(Path(anc.path))
+    digest = weights_digest(anc.path)
     widths = hashlib.sha256(json.dumps([e.widths for e in lineage.generations]).encode()).hexdigest()[:16]
     rd = RunDir.open(root, cfg, "compare", extra={"lineage": str(ev.resolve()), "ancestor_weights": digest,
                                                    "lineage_widths": widths,
                                                    "torch_pruning": _torch_pruning_version()},
                      check_extra=("ancestor_weights", "lineage_widths"))
     return _Run(ev, lineage, ecfg, anc_cfg, gen_train, splits, tg, root, cfg), rd
-
-
-def _digest(checkpoint: Path) -> str:
-    return hashlib.sha256((Path(checkpoint) / "weights.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def _check_torch_pruning(cfg: CompareConfig) -> None:
@@ -476,19 +472,23 @@ def _torch_pruning(run: _Run, seed: int, bar: Any) -> None:
     lands on generation g's size, then trains one generation's epochs."""
     root = run.out / "torch_pruning" / f"seed_{seed}"
     last = max(e.generation for e in run.targets)
-    model = load_checkpoint(run.ancestor).model
-    train_s = _train_seconds(load_checkpoint(run.ancestor).metrics.get("history"))
+    train_s = _train_seconds(read_metrics(run.ancestor).get("history"))
     prune_s = 0.0
     version = _torch_pruning_version()
+    steps: dict[int, dict[str, Any]] = {}  # each step's metrics
+    parent, model = run.ancestor, None  # a network is loaded only when a step is still to be pruned from it
     for g in range(1, last + 1):
         step = root / f"step_{g:02d}" / "model"
         if (step / "metrics.json").is_file():
-            ck = load_checkpoint(step)
-            if ck.metrics["torch_pruning"] != version:
-                raise TorchPruningError(f"{step} was pruned by Torch-Pruning {ck.metrics['torch_pruning']}, this is "
+            m = steps[g] = read_metrics(step)
+            if m["torch_pruning"] != version:
+                raise TorchPruningError(f"{step} was pruned by Torch-Pruning {m['torch_pruning']}, this is "
                                         f"{version}; delete {root} to prune again with this version")
-            model, train_s, prune_s = ck.model, ck.metrics["cumulative_train_s"], ck.metrics["cumulative_prune_s"]
+            train_s, prune_s = m["cumulative_train_s"], m["cumulative_prune_s"]
+            parent, model = step, None
             continue
+        if model is None:
+            model = load_checkpoint(parent).model
         t0 = time.perf_counter()
         target = run.lineage.generations[g].params
         pruned, info = prune_to(model, target, run.cfg, run.image_size)
@@ -501,19 +501,20 @@ def _torch_pruning(run: _Run, seed: int, bar: Any) -> None:
                   desc=f"torch_pruning seed {seed} step {g}/{last}" if bar is not None else None)
         pruned.cpu()
         train_s += res["train_time_s"]  # restored with the state, so a resumed step counts every epoch
-        m = {**accuracy_metrics(pruned, run.splits), **info, "target_params": target, "step": g,
-             "train_time_s": res["train_time_s"], "history": res["history"], "cumulative_train_s": train_s,
-             "cumulative_prune_s": prune_s, "torch_pruning": version, "importance": run.cfg.importance}
+        m = steps[g] = {**accuracy_metrics(pruned, run.splits), **info, "target_params": target, "step": g,
+                        "train_time_s": res["train_time_s"], "history": res["history"],
+                        "cumulative_train_s": train_s, "cumulative_prune_s": prune_s, "torch_pruning": version,
+                        "importance": run.cfg.importance}
         save_checkpoint(step, pruned, m, checkpoint_config(tcfg, run.splits.classes))
-        model = pruned
+        parent, model = step, pruned
     for e in run.targets:
-        ck = load_checkpoint(root / f"step_{e.generation:02d}" / "model")
-        _result(run, "torch_pruning", seed, e, Path(ck.path),
+        m = steps[e.generation]
+        _result(run, "torch_pruning", seed, e, root / f"step_{e.generation:02d}" / "model",
                 epochs=run.anc_cfg.epochs + e.generation * run.evolve.train.epochs,
-                train_s=ck.metrics["cumulative_train_s"], bar=bar,
-                extra={"prune_search_s": ck.metrics["cumulative_prune_s"], "round_to": ck.metrics["round_to"],
-                       "unpruned_layers": sorted({n for g in range(1, e.generation + 1) for n in load_checkpoint(
-                           root / f"step_{g:02d}" / "model").metrics["unpruned_layers"]})})
+                train_s=m["cumulative_train_s"], bar=bar,
+                extra={"prune_search_s": m["cumulative_prune_s"], "round_to": m["round_to"],
+                       "unpruned_layers": sorted({n for g in range(1, e.generation + 1)
+                                                  for n in steps[g]["unpruned_layers"]})})
 
 
 # -- the other methods ------------------------------------------------------------------
@@ -528,10 +529,10 @@ def _evolution(run: _Run, method: str, seed: int, bar: Any) -> None:
                                    train=dataclasses.replace(run.evolve.train, threads=run.cfg.threads,
                                                              device=run.cfg.device, cache_dir=run.cfg.cache_dir))
         lin = evolve(run.ancestor, ev, ecfg, progress=bar is not None)
-    train_s = [_train_seconds(load_checkpoint(ev / lin.generations[0].path).metrics.get("history"))]
+    train_s = [_train_seconds(read_metrics(ev / lin.generations[0].path).get("history"))]
     for e in lin.generations[1:]:  # every candidate's training counts, not only the survivor's
-        train_s.append(sum(_train_seconds(load_checkpoint(ev / f"gen_{e.generation:02d}" / f"cand_{c.index}" / "model")
-                                          .metrics.get("history")) for c in e.candidates))
+        train_s.append(sum(_train_seconds(read_metrics(ev / f"gen_{e.generation:02d}" / f"cand_{c.index}" / "model")
+                                          .get("history")) for c in e.candidates))
     for e in run.targets:
         mine = lin.generations[e.generation]
         _result(run, method, seed, e, ev / mine.path, epochs=run.epochs(e.generation),
@@ -575,7 +576,7 @@ def _result(run: _Run, method: str, seed: int, target: GenerationRecord, ck_path
         return read_json_object(done, ConfigError, "delete it to measure the network again")
     ck = load_checkpoint(ck_path)
     prof = profile(ck.genome, run.image_size)
-    acc = accuracy_metrics(ck.model, run.splits) if "heldout_top1" not in ck.metrics else ck.metrics
+    acc = ck.metrics  # every method's checkpoint carries its held-out and test top-1 on the run's splits
     test = run.splits.test.images[:64]
     onnx_path = d / f"model_{run.image_size}px.onnx"
     parity: dict[str, Any] = export_onnx(ck.model, onnx_path, run.image_size)  # parity on noise: a mismatch stops
@@ -590,7 +591,7 @@ def _result(run: _Run, method: str, seed: int, target: GenerationRecord, ck_path
          "within_tolerance": abs(prof.params / target.params - 1) <= run.cfg.tolerance,
          "heldout_top1": acc["heldout_top1"], "test_top1": acc["test_top1"], "epochs": epochs,
          "train_wall_s": train_s, "widths": ck.genome.widths(), "checkpoint": run.rel(ck_path),
-         "weights": _digest(ck_path), "onnx_max_abs_diff": parity["max_abs_diff"],
+         "weights": weights_digest(ck_path), "onnx_max_abs_diff": parity["max_abs_diff"],
          "onnx_real_max_abs_diff": parity.get("real_max_abs_diff"),
          "onnx_real_top1_agreement": parity.get("real_top1_agreement"), "onnx_error": parity.get("error"),
          **(extra or {})}
@@ -611,7 +612,7 @@ def _timing(run: _Run, rows: list[dict[str, Any]], say: Callable[[str], None]) -
     new weights under a known name), size or round count times everything again."""
     path = run.out / "timing.json"
     keys = ["ancestor"] + [_key(r) for r in rows]
-    weights = [_digest(run.ancestor)] + [r["weights"] for r in rows]
+    weights = [weights_digest(run.ancestor)] + [r["weights"] for r in rows]
     sizes = list(run.cfg.image_sizes)
     if path.is_file():
         doc = read_json_object(path, ConfigError, "delete it to time the networks again")
@@ -623,12 +624,13 @@ def _timing(run: _Run, rows: list[dict[str, Any]], say: Callable[[str], None]) -
     models = {"ancestor": run.ancestor, **{_key(r): _abs_checkpoint(run, r) for r in rows}}
     files: dict[tuple[str, int], Path] = {}
     for (k, ck_path), digest in zip(models.items(), weights):
-        model = load_checkpoint(ck_path).model
         for s in sizes:
-            f = run.out / "timing" / f"{k.replace('/', '_')}_{digest}" / f"{s}px.onnx"
-            if not f.is_file():  # checked at the training size already (result.json)
-                export_onnx(model, f, s, check=False)
-            files[(k, s)] = f
+            files[(k, s)] = run.out / "timing" / f"{k.replace('/', '_')}_{digest}" / f"{s}px.onnx"
+        missing = [s for s in sizes if not files[(k, s)].is_file()]
+        if missing:
+            model = load_checkpoint(ck_path).model
+            for s in missing:  # checked at the training size already (result.json)
+                export_onnx(model, files[(k, s)], s, check=False)
     per: dict[str, dict[str, list[float]]] = {k: {str(s): [] for s in sizes} for k in keys}
     busy = False
     for _ in range(run.cfg.rounds):
@@ -819,10 +821,9 @@ def compare(target: str | Path, cfg: CompareConfig, out: str | Path | None = Non
     for r in rows:
         for px in cfg.image_sizes:
             r[f"ort_b32_img_s_{px}px"] = timing["img_s"][_key(r)][str(px)]["median"]
-    anc_ck = load_checkpoint(run.ancestor)
     anc = {"size_mb": run.lineage.generations[0].size_mb, "macs": run.lineage.generations[0].macs,
            "heldout_top1": run.lineage.generations[0].heldout_top1, "test_top1": run.lineage.generations[0].test_top1,
-           "epochs": run.anc_cfg.epochs, "train_wall_s": _train_seconds(anc_ck.metrics.get("history")),
+           "epochs": run.anc_cfg.epochs, "train_wall_s": _train_seconds(read_metrics(run.ancestor).get("history")),
            **{f"ort_b32_img_s_{px}px": timing["img_s"]["ancestor"][str(px)]["median"] for px in cfg.image_sizes}}
     misses = [r for r in rows if not r["within_tolerance"]]
     notes = [f"{r['method']} seed {r['seed']} at generation {r['generation']}: {r['size_mb']:.3f} MB is "

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -51,7 +50,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from .config import from_dict, option, to_dict
 from .data import Splits, load_splits
 from .errors import ConfigError
@@ -274,10 +273,6 @@ def _record(g: int, ck: Checkpoint, ctx: _Context) -> GenerationRecord:
         candidates=[Candidate(**c) for c in m.get("candidates", [])], history=m.get("history") or [])
 
 
-def _weights_fingerprint(ck_path: Path) -> str:
-    return hashlib.sha256((ck_path / "weights.safetensors").read_bytes()).hexdigest()[:16]
-
-
 def _open(ancestor: str | Path, run: str | Path, cfg: EvolveConfig) -> tuple[RunDir, Checkpoint, TrainConfig, str]:
     """Check the ancestor, then start or resume the run folder."""
     anc = load_checkpoint(ancestor)
@@ -290,7 +285,7 @@ def _open(ancestor: str | Path, run: str | Path, cfg: EvolveConfig) -> tuple[Run
     tcfg = dataclasses.replace(cfg.train, **{k: getattr(anc_cfg, k) for k in INHERITED if k != "data"}, data=data)
     # The ancestor is identified by its weights, not its path: a moved run
     # folder (or ancestor) still resumes, another ancestor does not.
-    rd = RunDir.open(run, cfg, "evolve", extra={"ancestor_weights": _weights_fingerprint(resolve_checkpoint(ancestor)),
+    rd = RunDir.open(run, cfg, "evolve", extra={"ancestor_weights": weights_digest(ancestor),
                                                  "data": data, "image_size": anc_cfg.image_size},
                      check_extra=("ancestor_weights",))
     return rd, anc, tcfg, data

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint, load_checkpoint, load_weights_into, resolve_genome, save_checkpoint
+from .checkpoint import (Checkpoint, load_checkpoint, load_weights_into, resolve_genome, save_checkpoint,
+                         weights_digest)
 from .config import from_dict, option, to_dict
 from .data import Splits, augment_batch, load_split, load_splits, normalize_batch, test_split_name
 from .errors import CheckpointError, ConfigError, DataError
@@ -526,8 +527,7 @@ def _teacher(cfg: TrainConfig, classes: list[str]) -> tuple[nn.Module | None, di
     if t_classes != classes:
         raise DataError(f"the teacher {cfg.teacher} was trained on classes {t_classes[:3]}..., the data has "
                         f"{classes[:3]}...; distil from a checkpoint trained on the same class folders")
-    digest = hashlib.sha256((Path(ck.path) / "weights.safetensors").read_bytes()).hexdigest()[:16]
-    return ck.model, {"teacher": digest}
+    return ck.model, {"teacher": weights_digest(ck.path)}
 
 
 def evaluate_checkpoint(ck: Checkpoint, data: str | None = None, split: str | None = None,
