@@ -16,7 +16,7 @@ sweeps and the playbook's constraints (8192 KB SRAM, 30 FPS) go to
 at its end, serially, in interleaved rounds (medians): those are the speed
 figures here.
 
-    python benchmarks/explore.py --runs-dir runs/explore --trials 36
+    python benchmarks/explore.py --runs-dir runs/explore --trials 36 --workers 2 --threads 1
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 from common import write_result
 
 from squishednets.bench import CpuMonitor
+from squishednets.executor import ExecConfig
 from squishednets.explore import AXES, EXPLORE_TRAIN, ExploreConfig, explore, pareto, violations
 
 FIELDS = ("name", "genome", "design", "size_mb", "params", "macs", "peak_activation_kb", "params_plus_activations_kb",
@@ -47,11 +48,13 @@ def main() -> None:
     ap.add_argument("--stage", choices=("grid", "nsga2", "both"), default="both")
     ap.add_argument("--threads", type=int, default=None, help="training threads per point (off: every core)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each run's final timing")
+    ap.add_argument("--workers", type=int, default=1, help="local worker processes (points in parallel)")
     args = ap.parse_args()
     root = Path(args.runs_dir)
     train = dataclasses.replace(EXPLORE_TRAIN, data=args.data, image_size=args.image_size, epochs=args.epochs,
                                 threads=args.threads)
-    common = dict(train=train, sram_kb=8192, min_fps=30, front_seeds=2, top=3, timing_rounds=args.rounds)
+    common = dict(train=train, sram_kb=8192, min_fps=30, front_seeds=2, top=3, timing_rounds=args.rounds,
+                  executor=ExecConfig(workers=args.workers))
     runs = {
         "grid": ExploreConfig(strategy="grid", axes=tuple(AXES), **common),
         "nsga2": ExploreConfig(strategy="nsga2", trials=args.trials, population=12,
