@@ -33,11 +33,23 @@ def _run(ex, fn, items):
     (dict(ray_address="somewhere"), r"--ray-address must be auto, local, HOST:PORT"),
     (dict(ray_address="host:99999"), r"--ray-address must be auto, local, HOST:PORT"),
     (dict(ray_address="auto", workers=2), r"--workers 2 counts local processes.*drop --workers"),
+    (dict(gpus=-1), r"--gpus must be >= 0"),
+    (dict(workers=2, gpus=1), r"--gpus 1 reserves GPUs for Ray tasks.*drop --gpus, or add --ray-address"),
 ])
 def test_bad_options_are_one_line_errors(kw, msg):
     with pytest.raises(ConfigError, match=msg) as e:
         ExecConfig(**kw)
     assert "\n" not in str(e.value)
+
+
+def test_cuda_on_ray_needs_gpus_reserved():
+    with pytest.raises(ConfigError, match="add --gpus 1") as e:
+        EvolveConfig(train=dataclasses.replace(EvolveConfig().train, device="cuda"),
+                     executor=ExecConfig(ray_address="auto"))
+    assert "\n" not in str(e.value)
+    ExecConfig(ray_address="auto", gpus=0.25).check_device("cuda")  # reserved: fine
+    ExecConfig(ray_address="auto").check_device("auto")  # auto may train on CPU there
+    ExecConfig(workers=2).check_device("cuda")  # local processes see every GPU
 
 
 def test_options_from_the_command_line_and_resume():

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def test_bad_options_fail_clearly():
         ExploreConfig(min_top1=75.0)
     with pytest.raises(ConfigError, match="sram-kb"):
         ExploreConfig(sram_kb=0)
+    with pytest.raises(ConfigError, match="population must be >= 2 for nsga2"):
+        ExploreConfig(strategy="nsga2", population=1)
 
 
 def _pt(name, top1, size, macs, lat=1.0):
@@ -150,8 +153,12 @@ def test_grid_explore_end_to_end_and_resume(tiny_data, tmp_path):
     sizes = {p["design"]["width"]: p["size_mb"] for p in doc["points"]}
     assert sizes[0.25] < sizes[0.5] < sizes[0.75] < sizes[1.0]
     assert set(doc["pareto"]) <= {p["name"] for p in doc["points"]} and doc["pareto"]
-    for p in doc["points"]:  # every front point has two seeds
-        assert len(p["seeds"]) >= (2 if p["pareto"] else 1)
+    shown = set(doc["pareto"]).union(*doc["fronts"].values())
+    assert set(doc["fronts"]["latency"]) <= shown
+    for p in doc["points"]:  # every point on a front shown has two seeds
+        assert len(p["seeds"]) >= (2 if p["name"] in shown else 1)
+    assert set(doc["fronts"]["meeting_constraints"]) <= set(doc["meets_constraints"])
+    assert doc["failed"] == []
     assert doc["saturation"]["width"] in AXES["width"]
     assert doc["selected_by"] == "heldout"
     on_disk = json.loads((out / "explore.json").read_text())
@@ -170,41 +177,100 @@ def test_grid_explore_end_to_end_and_resume(tiny_data, tmp_path):
         explore(_cfg(tiny_data, axes=("sr",)), out, progress=False, say=lambda s: None)
 
 
+# The two ways a study grows: the grid adds finished trials; NSGA-II asks,
+# trains and tells a whole generation at a time.
+STUDIES = {"grid": dict(front_seeds=1),
+           "nsga2": dict(strategy="nsga2", axes=("width", "pool"), trials=4, population=2, front_seeds=1)}
+
+
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory):
-    """One in-process study that the other executors are compared with."""
+    """In-process studies that the other executors are compared with."""
     root = tmp_path_factory.mktemp("in_process")
     data = make_folder(root / "data")
     with pytest.MonkeyPatch.context() as mp:  # runs before the function-scoped _isolate: keep caches out of home
         mp.setenv("SQUISHEDNETS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        return data, explore(_cfg(data, front_seeds=1), root / "ex", progress=False, say=lambda s: None)
+        return data, {k: explore(_cfg(data, **kw), root / k, progress=False, say=lambda s: None)
+                      for k, kw in STUDIES.items()}
 
 
 def _same(doc):
     return {p["name"]: (p["heldout_top1"], p["test_top1"], p["size_mb"]) for p in doc["points"]}
 
 
-def test_processes_give_the_same_study_as_in_process(in_process, tmp_path):
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_processes_give_the_same_study_as_in_process(in_process, tmp_path, study):
     data, a = in_process
-    b = explore(_cfg(data, front_seeds=1, executor=ExecConfig(workers=2)), tmp_path / "b", progress=False,
+    b = explore(_cfg(data, **STUDIES[study], executor=ExecConfig(workers=2)), tmp_path / "b", progress=False,
                 say=lambda s: None)
-    assert _same(a) == _same(b)
+    assert _same(a[study]) == _same(b)
     assert "processes" in b["executor"]
 
 
-def test_ray_gives_the_same_study_as_in_process(local_ray, in_process, tmp_path):
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_ray_gives_the_same_study_as_in_process(local_ray, in_process, tmp_path, study):
     data, a = in_process
-    b = explore(_cfg(data, front_seeds=1, executor=ExecConfig(workers=2, ray_address="local")), tmp_path / "b",
-                progress=False, say=lambda s: None)
-    assert _same(a) == _same(b)
+    b = explore(_cfg(data, **STUDIES[study], executor=ExecConfig(workers=2, ray_address="local")),
+                tmp_path / "b", progress=False, say=lambda s: None)
+    assert _same(a[study]) == _same(b)
     assert "ray" in b["executor"]
 
 
-def test_kill_9_then_resume_loses_nothing(tiny_data, tmp_path):
+def test_a_study_shared_from_another_folder_is_refused(in_process, tmp_path):
+    data, _ = in_process
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    explore(_cfg(data, front_seeds=1, storage=shared), tmp_path / "a", progress=False, say=lambda s: None)
+    with pytest.raises(ConfigError, match="needs the same --out") as e:
+        explore(_cfg(data, front_seeds=1, storage=shared), tmp_path / "b", progress=False, say=lambda s: None)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "b" / "points").exists()  # refused before any training
+
+
+def test_a_design_another_process_trains_is_left_to_it(tiny_data, tmp_path):
+    from squishednets.rundir import RunDir
+
+    cfg = _cfg(tiny_data, front_seeds=1)
+    RunDir.open(tmp_path / "ex", cfg, "explore")  # the folder the other worker shares
+    busy = tmp_path / "ex" / "points" / design_key({"width": 0.5}) / "s0"
+    busy.mkdir(parents=True)
+    (busy / ".lock").touch()
+    stop = threading.Event()
+
+    def other_worker():  # keeps its lock fresh while the others train, then dies without a result
+        while not stop.wait(0.3) and len(_results(tmp_path / "ex")) < len(AXES["width"]) - 1:
+            os.utime(busy / ".lock")
+
+    t = threading.Thread(target=other_worker, daemon=True)
+    t.start()
+    try:
+        explore(cfg, tmp_path / "ex", progress=False, say=lambda s: None)
+    finally:
+        stop.set()
+        t.join()
+    done = sorted(_results(tmp_path / "ex").items(), key=lambda kv: kv[1])
+    assert len(done) == len(AXES["width"])
+    assert done[-1][0].startswith(f"points/{design_key({'width': 0.5})}/")  # the others went first
+
+
+def test_a_minutes_budget_is_one_schedule_per_design(tiny_data, tmp_path):
+    doc = explore(_cfg(tiny_data, minutes=0.002, seeds=2, front_seeds=1), tmp_path / "ex", progress=False,
+                  say=lambda s: None)
+    for p in doc["points"]:
+        folder = tmp_path / "ex" / "points" / p["key"]
+        epochs = json.loads((folder / "epochs.json").read_text())["epochs"]
+        assert epochs >= 1 and not list(folder.glob("s*/epochs.json"))
+        assert {json.loads(f.read_text())["epochs"] for f in folder.glob("s*/result.json")} == {epochs}
+        assert p["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_kill_9_then_resume_loses_nothing(tiny_data, tmp_path, study):
     out = tmp_path / "ex"
     args = ["explore", "--out", str(out), "--data", str(tiny_data), "--image-size", "32", "--epochs", "3",
             "--train-batch-size", "8", "--threads", "1", "--train-holdout", "0.34", "--axes", "width",
             "--front-seeds", "1", "--grace-s", "2", "--bench-threads", "1", "--no-progress"]
+    if study == "nsga2":
+        args += ["--strategy", "nsga2", "--axes", "width,pool", "--trials", "4", "--population", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "squishednets.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600  # generous: a loaded CI machine
@@ -218,7 +284,7 @@ def test_kill_9_then_resume_loses_nothing(tiny_data, tmp_path):
     after = _results(out)
     assert all(after[k] == before[k] for k in before)  # finished points were not trained again
     doc = json.loads((out / "explore.json").read_text())
-    assert len(doc["points"]) == len(AXES["width"])
+    assert len(doc["points"]) == 4  # the width sweep's four, or the four trials asked
     assert len({p["name"] for p in doc["points"]}) == len(doc["points"])
 
 
@@ -269,10 +335,10 @@ def test_random_search_and_a_space_too_small(tiny_data, tmp_path):
                   tmp_path / "r", progress=False, say=lambda s: None)
     assert len(doc["points"]) >= 3
     assert len({p["name"] for p in doc["points"]}) == len(doc["points"])
-    assert set(doc["fronts"]) == {"size", "macs", "latency"}
+    assert set(doc["fronts"]) == {"size", "macs", "latency", "meeting_constraints"}
 
 
-def test_a_failing_point_fails_alone_and_three_stop_the_run(tiny_data, tmp_path, monkeypatch):
+def test_a_failing_point_fails_alone_and_three_stop_the_run(tiny_data, tmp_path, monkeypatch, capsys):
     import squishednets.explore as ex_mod
     from squishednets.errors import SquishedError
 
@@ -285,14 +351,23 @@ def test_a_failing_point_fails_alone_and_three_stop_the_run(tiny_data, tmp_path,
         return real(task, out, done)
 
     monkeypatch.setattr(ex_mod, "_train_and_measure", flaky)
-    doc = explore(_cfg(tiny_data, front_seeds=1), tmp_path / "ex", progress=False, say=lambda s: None)
+    args = ["explore", "--out", str(tmp_path / "ex"), "--data", str(tiny_data), "--image-size", "32", "--epochs",
+            "1", "--train-batch-size", "8", "--threads", "1", "--train-holdout", "0.34", "--axes", "width",
+            "--front-seeds", "1", "--grace-s", "2", "--bench-threads", "1", "--no-progress"]
+    assert main(args) == 1  # the others finished and are reported; the command says one failed
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: 1 design point(s) failed") and "out of memory" in err[-1]
+    doc = json.loads((tmp_path / "ex" / "explore.json").read_text())
     assert len(doc["points"]) == len(AXES["width"]) - 1
     assert bad not in {p["key"] for p in doc["points"]}
+    assert [f["key"] for f in doc["failed"]] == [bad] and "out of memory" in doc["failed"][0]["error"]
+    assert "Failed design points" in (tmp_path / "ex" / "explore.md").read_text()
     # Fixed, the same command trains the missing point and nothing else.
     monkeypatch.setattr(ex_mod, "_train_and_measure", real)
     before = _results(tmp_path / "ex")
-    doc = explore(_cfg(tiny_data, front_seeds=1), tmp_path / "ex", progress=False, say=lambda s: None)
-    assert len(doc["points"]) == len(AXES["width"])
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "ex" / "explore.json").read_text())
+    assert len(doc["points"]) == len(AXES["width"]) and doc["failed"] == []
     assert all(_results(tmp_path / "ex")[k] == v for k, v in before.items())
     # Every point failing: one line, after three.
     monkeypatch.setattr(ex_mod, "_train_and_measure", lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))

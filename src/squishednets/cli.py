@@ -44,6 +44,7 @@ EVOLVE_FLAGS: dict[str, tuple[str, ...]] = {
                  "threads", "device", "cache_dir", "distill_temperature", "distill_weight")},
     # where the candidates train (executor.py)
     "workers": ("executor.workers",), "ray-address": ("executor.ray_address",), "retries": ("executor.retries",),
+    "gpus": ("executor.gpus",),
 }
 
 
@@ -51,7 +52,7 @@ EVOLVE_FLAGS: dict[str, tuple[str, ...]] = {
 EXPLORE_FLAGS: dict[str, tuple[str, ...]] = {
     "data": ("train.data",), "image-size": ("train.image_size",), "epochs": ("train.epochs",),
     "threads": ("train.threads",), "cache-dir": ("train.cache_dir",), "workers": ("executor.workers",),
-    "ray-address": ("executor.ray_address",), "retries": ("executor.retries",),
+    "ray-address": ("executor.ray_address",), "retries": ("executor.retries",), "gpus": ("executor.gpus",),
 }
 
 
@@ -321,8 +322,12 @@ def cmd_explore(a: argparse.Namespace) -> int:
     doc = explore(cfg, a.out, progress=not (a.no_progress or a.json), say=_say(a))
     if a.json:
         _emit(doc)
-        return 0
-    print(explore_summary(doc))
+    else:
+        print(explore_summary(doc))
+    if doc["failed"]:
+        print(f"error: {len(doc['failed'])} design point(s) failed ({doc['failed'][0]['name']}: "
+              f"{doc['failed'][0]['error']}); fix the cause and run the same command again", file=sys.stderr)
+        return 1
     return 0
 
 

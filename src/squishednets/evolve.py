@@ -117,6 +117,7 @@ class EvolveConfig:
     def __post_init__(self) -> None:
         if self.generations < 1 or self.population < 1:
             raise ConfigError("generations and population must be >= 1")
+        self.executor.check_device(self.train.device)
         modes = [self.env_factor, self.target_size_mb, self.target_reduction]
         if sum(m is not None for m in modes) > 1:
             raise ConfigError("give one of --env-factor, --target-size-mb and --target-reduction, not several")

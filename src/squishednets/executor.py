@@ -80,12 +80,19 @@ class ExecConfig:
         None, help="run tasks on a Ray cluster: auto, HOST:PORT, or local (start one here, with --workers CPUs; "
                    "1: every core); off: no Ray", resume=False)
     retries: int = option(2, help="times a task lost with its worker is retried", resume=False)
+    gpus: float = option(0.0, help="GPUs each Ray task reserves (a share such as 0.25 packs tasks on a GPU); Ray "
+                                   "shows a task only the GPUs it reserves, so 0 trains on CPU", resume=False)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1 (1: in-process), got {self.workers}")
         if self.retries < 0:
             raise ConfigError(f"--retries must be >= 0, got {self.retries}")
+        if self.gpus < 0:
+            raise ConfigError(f"--gpus must be >= 0, got {self.gpus}")
+        if self.gpus and self.ray_address is None:
+            raise ConfigError(f"--gpus {self.gpus:g} reserves GPUs for Ray tasks; in-process and local workers see "
+                              "every GPU already: drop --gpus, or add --ray-address")
         a = self.ray_address
         if a is None:
             return
@@ -95,6 +102,13 @@ class ExecConfig:
         if self.workers > 1 and a != "local":
             raise ConfigError(f"--workers {self.workers} counts local processes; on a Ray cluster (--ray-address {a}) "
                               "its CPUs decide: drop --workers (with --ray-address local it sets the local Ray's CPUs)")
+
+
+    def check_device(self, device: str) -> None:
+        """Refuse training on CUDA in Ray tasks that reserve no GPU (Ray hides the GPUs from them)."""
+        if self.ray_address is not None and device == "cuda" and not self.gpus:
+            raise ConfigError("--device cuda on Ray needs GPUs reserved per task, which Ray otherwise hides from "
+                              "it: add --gpus 1 (or a share such as 0.25)")
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -286,9 +300,16 @@ class _Ray(_Base):
         if not ray.is_initialized():
             _connect(ray, cfg)
             self._started = True
-        self._remote = ray.remote(max_retries=cfg.retries, retry_exceptions=False)(_call)
-        # Each task reserves one CPU (Ray's default): the cluster's CPUs are its slots.
-        self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._remote = ray.remote(max_retries=cfg.retries, retry_exceptions=False, num_gpus=cfg.gpus)(_call)
+        # Each task reserves one CPU (Ray's default) and --gpus GPUs: the cluster's
+        # CPUs, or its GPUs over --gpus, are its slots.
+        res = ray.cluster_resources()
+        self.slots = max(1, int(res.get("CPU", 1)))
+        if cfg.gpus:
+            self.slots = max(1, min(self.slots, int(res.get("GPU", 0) / cfg.gpus)))
+        elif res.get("GPU"):
+            log.warning("the Ray cluster has %g GPU(s) but its tasks reserve none (--gpus 0): they train on CPU",
+                        res["GPU"])
 
     def map_unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R]]:
         ray = self._ray

@@ -239,8 +239,12 @@ class ExploreConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 or off, got {v}")
+        if self.strategy == "nsga2" and self.population < 2:
+            raise ConfigError(f"--population must be >= 2 for nsga2 (Optuna's NSGA-II breeds pairs), got "
+                              f"{self.population}")
         if self.train.holdout is None:
             raise ConfigError("explore chooses by held-out top-1: --train-holdout cannot be off")
+        self.executor.check_device(self.train.device)
 
     @property
     def swept(self) -> tuple[str, ...]:
@@ -271,31 +275,48 @@ def violations(point: Mapping[str, Any], cfg: ExploreConfig) -> list[str]:
 
 # -- one design point -----------------------------------------------------------------
 def _epochs_for(genome: Genome, tcfg: TrainConfig, n_train: int, minutes: float) -> int:
-    """Epochs that fit ``minutes`` at the speed this design trains here (a few
-    timed steps after a warm-up), at least 1."""
+    """Epochs that fit ``minutes`` at the speed this design trains here, on
+    the device it will train on (a few timed steps after a warm-up), at least 1."""
     import torch
 
     from .model import build
-    from .train import set_threads
+    from .train import pick_device, set_threads
 
     set_threads(tcfg.threads)
+    dev = pick_device(tcfg.device)
     torch.manual_seed(0)
-    model = build(genome).train()
+    model = build(genome).train().to(dev)
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.randn(tcfg.batch_size, 3, tcfg.image_size, tcfg.image_size)
-    y = torch.randint(0, genome.num_classes, (tcfg.batch_size,))
+    x = torch.randn(tcfg.batch_size, 3, tcfg.image_size, tcfg.image_size, device=dev)
+    y = torch.randint(0, genome.num_classes, (tcfg.batch_size,), device=dev)
     times = []
     for i in range(4):
         t = time.perf_counter()
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t)
     img_s = tcfg.batch_size / statistics.median(times)
     return max(1, min(200, int(minutes * 60 * img_s / max(1, n_train))))
+
+
+def _design_epochs(path: Path, genome: Genome, tcfg: TrainConfig, task: dict[str, Any]) -> int:
+    """The ``--minutes`` schedule of a design, chosen once for all its seeds
+    (a seed's spread must not mix in another schedule) and kept on resume.
+    The first seed to get here writes it; a seed racing it reads the winner's."""
+    if not path.is_file():
+        epochs = _epochs_for(genome, tcfg, task["n_train"], task["minutes"])
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        atomic_write_json(tmp, {"epochs": epochs, "device": tcfg.device})
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # exclusive: never replaces a schedule a seed may already train on
+        tmp.unlink()
+    return int(json.loads(path.read_text())["epochs"])
 
 
 class _PointLock:
@@ -330,6 +351,14 @@ class _PointLock:
         self._thread = threading.Thread(target=self._touch, daemon=True)
         self._thread.start()
         return True
+
+    @staticmethod
+    def held(folder: Path, grace_s: float) -> bool:
+        """Whether a live process holds ``folder``'s lock (touched within ``grace_s``)."""
+        try:
+            return time.time() - (folder / ".lock").stat().st_mtime <= grace_s
+        except FileNotFoundError:
+            return False
 
     def _touch(self) -> None:
         while not self._stop.wait(max(0.5, self.grace_s / 4)):
@@ -390,10 +419,7 @@ def _train_and_measure(task: dict[str, Any], out: Path, done: Path) -> dict[str,
         atomic_write_text(gpath, genome.to_json())
     tcfg = dataclasses.replace(from_dict(TrainConfig, task["train"]), model=str(gpath), seed=task["seed"])
     if task.get("minutes"):
-        ep_file = out / "epochs.json"  # chosen once: a resumed point keeps its schedule
-        if not ep_file.is_file():
-            atomic_write_json(ep_file, {"epochs": _epochs_for(genome, tcfg, task["n_train"], task["minutes"])})
-        tcfg = dataclasses.replace(tcfg, epochs=json.loads(ep_file.read_text())["epochs"])
+        tcfg = dataclasses.replace(tcfg, epochs=_design_epochs(out.parent / "epochs.json", genome, tcfg, task))
     m = run_training(tcfg, out / "train", resume=True, progress=False)
     ck = load_checkpoint(out / "train" / "model")
     prof = profile(ck.genome, tcfg.image_size)
@@ -513,7 +539,8 @@ def _open_study(cfg: ExploreConfig, rd: RunDir) -> tuple[Any, Any]:
                                 load_if_exists=True)
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                                   else optuna.study.StudyDirection.MINIMIZE for d in directions]:
-        raise ConfigError(f"study {cfg.study!r} in {url} has other objectives; use another --study")
+        raise ConfigError(f"study {cfg.study!r} in {url} has other objectives; start a new --out with another "
+                          "--study")
     return study, storage
 
 
@@ -595,14 +622,18 @@ class _Ctx:
     num_classes: int
     n_train: int
     progress: Any
-    failures: int = 0
+    failures: int = 0  # in a row
+    failed: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # by design key
 
     def task(self, design: dict[str, Any], seed: int) -> dict[str, Any]:
         key = design_key(design)
         c = self.cfg
+        # Absolute paths: a Ray task on another node runs in another working folder.
+        paths = {k: str(Path(v).resolve()) for k in ("data", "cache_dir", "teacher")
+                 if (v := getattr(c.train, k)) is not None}
         return {"dir": str(self.rd.path(f"points/{key}/s{seed}").resolve()), "key": key, "design": design,
                 "seed": seed, "genome": design_genome(design, self.num_classes, c.round_to, c.train.batchnorm).to_dict(),
-                "train": to_dict(c.train), "minutes": c.minutes, "n_train": self.n_train,
+                "train": {**to_dict(c.train), **paths}, "minutes": c.minutes, "n_train": self.n_train,
                 "bench_threads": c.bench_threads, "grace_s": c.grace_s}
 
     def run(self, ex: Any, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -613,6 +644,7 @@ class _Ctx:
         for i, res in ex.map_unordered(run_point_safe, unique):
             out[unique[i]["dir"]] = res
             if "error" in res:
+                self.failed[unique[i]["key"]] = {"name": design_name(unique[i]["design"]), "error": res["error"]}
                 self.failures += 1
                 if self.failures >= 3:
                     raise SquishedError(f"three design points failed in a row, the last {res['dir']} with "
@@ -653,15 +685,25 @@ def _run_grid(study: Any, ctx: _Ctx, ex: Any) -> None:
     while True:
         done = _complete(study)
         todo = [d for d in _grid_designs(cfg) if design_key(d) not in done and design_key(d) not in failed]
+        # A design another process (a second worker on this study) is training
+        # is left to it; this one comes back for its trial when that is done.
+        free = [d for d in todo if not any(_PointLock.held(Path(ctx.task(d, s)["dir"]), cfg.grace_s)
+                                           for s in seeds)]
         if not todo:
             return
-        batch = todo[:ex.slots]
+        if not free:
+            time.sleep(min(5.0, cfg.grace_s / 4))
+            continue
+        batch = free[:ex.slots]
         tasks = [ctx.task(d, s) for d in batch for s in seeds]
         res = ctx.run(ex, tasks)
+        done = _complete(study)
         for d in batch:
             got = [res[t["dir"]] for t in tasks if t["key"] == design_key(d)]
             if any("error" in r for r in got):
                 failed.add(design_key(d))
+                continue
+            if design_key(d) in done:  # recorded by another process meanwhile
                 continue
             study.add_trial(optuna.trial.create_trial(
                 params={a: d[a] for a in cfg.swept}, distributions=_distributions(cfg), values=_values(got, cfg),
@@ -710,8 +752,10 @@ def _run_search(study: Any, ctx: _Ctx, ex: Any, hb: _Heartbeat) -> None:
                 time.sleep(min(5.0, cfg.grace_s / 4))  # other processes' points, or a dead one going stale
                 continue
             return
+        # NSGA-II asks a whole generation at once, so the designs it draws do not
+        # depend on how many workers there are; random draws the same sequence anyway.
         batch = []
-        for _ in range(min(todo, ex.slots)):
+        for _ in range(min(todo, cfg.population if cfg.strategy == "nsga2" else ex.slots)):
             t = study.ask()
             hb.add(t._trial_id)  # at once: Optuna's trial id (``number`` counts per study)
             asked += 1
@@ -734,12 +778,32 @@ def _run_search(study: Any, ctx: _Ctx, ex: Any, hb: _Heartbeat) -> None:
 def _points(ctx: _Ctx, study: Any) -> list[dict[str, Any]]:
     """Every finished design of this run folder (a design asked twice counts
     once), its runs, one per seed, read back from disk, and their means."""
-    out = []
+    out, missing = [], []
     for key in _complete(study):
         runs = [json.loads(f.read_text()) for f in sorted(ctx.rd.path(f"points/{key}").glob("s*/result.json"))]
         if runs:
             out.append(_aggregate(runs, ctx.cfg.sram_kb or 8192))
+        else:
+            missing.append(key)
+    if missing:
+        _foreign(ctx, missing)
     return out
+
+
+def _foreign(ctx: _Ctx, missing: list[str]) -> None:
+    """A finished design of the study whose results are not in this folder:
+    trained by a worker with another ``--out`` (or its folder was deleted)."""
+    raise ConfigError(
+        f"{len(missing)} finished design(s) of study {ctx.cfg.study!r} have no results in "
+        f"{ctx.rd.root / 'points'} (e.g. {missing[0]}): every worker sharing a study needs the same --out, on a file "
+        "system they all see; run this one with that --out")
+
+
+def _check_study(ctx: _Ctx, study: Any) -> None:
+    """Before any training: the study's finished designs must be this folder's."""
+    missing = [k for k in _complete(study) if not any(ctx.rd.path(f"points/{k}").glob("s*/result.json"))]
+    if missing:
+        _foreign(ctx, missing)
 
 
 _MEANS = ("heldout_top1", "test_top1", "ort_b32_img_s", "ort_b1_ms", "fps", "train_time_s")
@@ -763,27 +827,46 @@ def _aggregate(runs: list[dict[str, Any]], sram_kb: float) -> dict[str, Any]:
     return p
 
 
-def _front_seeds(ctx: _Ctx, study: Any, ex: Any) -> list[dict[str, Any]]:
-    """Train more seeds of the front's points until every point on the front
-    (recomputed with the new means) has ``front_seeds`` of them."""
+def _fronts(points: list[dict[str, Any]], cfg: ExploreConfig) -> dict[str, list[str]]:
+    """Every front the outputs show: over the objectives, held-out top-1
+    against each cost alone, and over the designs meeting the constraints."""
+    return {"pareto": pareto(points, cfg.objectives),
+            **{o: pareto(points, ("top1", o)) for o in ("size", "macs", "latency")},
+            "meeting_constraints": pareto([p for p in points if not violations(p, cfg)], cfg.objectives)}
+
+
+def _front_seeds(ctx: _Ctx, study: Any, ex: Any, speeds: dict[str, dict[str, Any]],
+                 bar: Any) -> list[dict[str, Any]]:
+    """Train more seeds of the fronts' points until every point on a front
+    shown (recomputed with the new means) has ``front_seeds`` of them. The
+    speeds are the retimed ones: a design's speed does not depend on its seed."""
     cfg = ctx.cfg
     for _ in range(5):
-        points = _points(ctx, study)
-        front = set(pareto(points, cfg.objectives))
-        tasks = [ctx.task(p["design"], cfg.seed + i) for p in points if p["name"] in front
+        points = _with_speeds(_points(ctx, study), speeds)
+        shown = set().union(*_fronts(points, cfg).values())
+        tasks = [ctx.task(p["design"], cfg.seed + i) for p in points if p["name"] in shown
                  for i in range(cfg.front_seeds) if cfg.seed + i not in p["seeds"]]
         if not tasks:
             return points
+        bar.total = (bar.total or 0) + len(tasks)
+        bar.refresh()
         ctx.run(ex, tasks)
-    log.warning("the Pareto front kept changing with more seeds; some front points may have fewer than %d",
+    log.warning("the Pareto fronts kept changing with more seeds; some front points may have fewer than %d",
                 cfg.front_seeds)
-    return _points(ctx, study)
+    return _with_speeds(_points(ctx, study), speeds)
 
 
-def _retime(points: list[dict[str, Any]], ctx: _Ctx) -> dict[str, Any]:
+def _with_speeds(points: list[dict[str, Any]], speeds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    for p in points:
+        p.update(speeds.get(p["name"], {}))
+    return points
+
+
+def _retime(points: list[dict[str, Any]], ctx: _Ctx) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every point's ONNX Runtime speed again, serially in this process, in
     interleaved rounds (medians): the points' own timings ran wherever and
-    beside whatever their executor put them, so only these compare."""
+    beside whatever their executor put them, so only these compare. Returns
+    the speeds by design name and a summary of the timing."""
     cfg = ctx.cfg
     files = {p["name"]: f for p in points
              for f in sorted(ctx.rd.path(f"points/{p['key']}").glob("s*/model.onnx"))[:1]}
@@ -793,16 +876,15 @@ def _retime(points: list[dict[str, Any]], ctx: _Ctx) -> dict[str, Any]:
             if p["name"] in files:
                 got[p["name"]].append(ort_speed(files[p["name"]], p["image_size"], cfg.bench_threads))
                 ctx.progress(1)
-    for p in points:
-        rounds = got.get(p["name"])
-        if rounds:
-            p["ort_b32_img_s"] = statistics.median(r["ort_b32_img_s"] for r in rounds)
-            p["ort_b1_ms"] = statistics.median(r["ort_b1_ms"] for r in rounds)
-            p["fps"] = 1000 / p["ort_b1_ms"]
-            p["machine_busy"] = any(r["machine_busy"] for r in rounds)
+    speeds = {}
+    for name, rounds in got.items():
+        b1 = statistics.median(r["ort_b1_ms"] for r in rounds)
+        speeds[name] = {"ort_b32_img_s": statistics.median(r["ort_b32_img_s"] for r in rounds), "ort_b1_ms": b1,
+                        "fps": 1000 / b1, "machine_busy": any(r["machine_busy"] for r in rounds)}
     busy = [r["other_cpu_cores"] for rs in got.values() for r in rs if r["other_cpu_cores"] is not None]
-    return {"rounds": cfg.timing_rounds, "threads": cfg.bench_threads or os.cpu_count(), "points": len(files),
-            "other_cpu_cores": max(busy) if busy else None, "machine_busy": bool(busy) and max(busy) > 0.2}
+    return speeds, {"rounds": cfg.timing_rounds, "threads": cfg.bench_threads or os.cpu_count(),
+                    "points": len(files), "other_cpu_cores": max(busy) if busy else None,
+                    "machine_busy": bool(busy) and max(busy) > 0.2}
 
 
 def _sweeps(points: list[dict[str, Any]], cfg: ExploreConfig, noise: float) -> dict[str, Any]:
@@ -851,6 +933,7 @@ def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
     say(f"exploring {cfg.strategy} over {','.join(cfg.swept)}: {total} designs x {cfg.seeds} seed(s), "
         f"{cfg.minutes and f'{cfg.minutes:g} min' or f'{tc.epochs} epochs'} each at {tc.image_size} px; "
         f"study {cfg.study!r}")
+    _check_study(ctx, study)
     with make_executor(cfg.executor) as ex, _Heartbeat(storage, max(1, cfg.grace_s // 4)) as hb:
         say(f"      on {ex.name}")
         if cfg.strategy == "grid":
@@ -858,22 +941,26 @@ def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
         else:
             _run_search(study, ctx, ex, hb)
         bar.close()
-        say(f"      {cfg.front_seeds} seeds of every Pareto-front point")
-        bar = tqdm(desc="front seeds", unit="point", disable=not progress, dynamic_ncols=True)
+        points = _points(ctx, study)
+        if not points:
+            raise ConfigError(f"no design point finished in {out}; see the warnings above")
+        # Timed before the front seeds: the latency front and the constraints need the speeds.
+        say(f"      timing every point in ONNX Runtime here, {cfg.timing_rounds} interleaved round(s)")
+        bar = tqdm(total=len(points) * cfg.timing_rounds, desc="timing", unit="point", disable=not progress,
+                   dynamic_ncols=True)
         ctx.progress = bar.update
-        points = _front_seeds(ctx, study, ex)
+        speeds, timing = _retime(points, ctx)
         bar.close()
-    if not points:
-        raise ConfigError(f"no design point finished in {out}; see the warnings above")
-    say(f"      timing every point in ONNX Runtime here, {cfg.timing_rounds} interleaved round(s)")
-    bar = tqdm(total=len(points) * cfg.timing_rounds, desc="timing", unit="point", disable=not progress,
-               dynamic_ncols=True)
-    ctx.progress = bar.update
-    timing = _retime(points, ctx)
-    bar.close()
+        say(f"      {cfg.front_seeds} seeds of every point on a front")
+        bar = tqdm(total=0, desc="front seeds", unit="point", disable=not progress, dynamic_ncols=True)
+        ctx.progress = bar.update
+        points = _front_seeds(ctx, study, ex, speeds, bar)
+        bar.close()
     noise, noise_source = seed_noise(points, len(splits.heldout))
-    front = pareto(points, cfg.objectives)
-    fronts = {o: pareto(points, ("top1", o)) for o in ("size", "macs", "latency")}
+    fronts = _fronts(points, cfg)
+    front = fronts.pop("pareto")
+    done = {p["key"] for p in points}
+    failed = [{"key": k, **f} for k, f in ctx.failed.items() if k not in done]
     for p in points:
         p["pareto"] = p["name"] in front
         p["violations"] = violations(p, cfg)
@@ -887,7 +974,7 @@ def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
         "saturation_rule": "the smallest value after which held-out top-1 never rises more than the seed noise",
         "points": sorted(points, key=lambda p: -p["heldout_top1"]), "pareto": front, "fronts": fronts,
         "meets_constraints": [p["name"] for p in points if p["meets_constraints"]],
-        "sweeps": _sweeps(points, cfg, noise), "executor": ex.name, "timing": timing,
+        "sweeps": _sweeps(points, cfg, noise), "executor": ex.name, "timing": timing, "failed": failed,
         "wall_s_this_session": time.perf_counter() - t0,
     }
     doc["saturation"] = {a: s["saturation"] for a, s in doc["sweeps"].items()}
@@ -962,6 +1049,13 @@ def markdown(doc: dict[str, Any]) -> str:
                          f"{', '.join(f'{a * 100:.1f}' for a in s['heldout_top1'])} | "
                          f"{'— (categorical)' if s['saturation'] is None else s['saturation']} | "
                          + (f"{paper['value']} ({paper['top5'] * 100:.1f}%)" if paper else "—") + " |")
+    if doc["constraints"]:
+        lines += ["", f"Meeting {', '.join(f'{k} {v:g}' for k, v in doc['constraints'].items())}: "
+                  f"{', '.join(doc['meets_constraints']) or 'none'}; their Pareto front: "
+                  f"{', '.join(doc['fronts']['meeting_constraints']) or 'none'}."]
+    if doc["failed"]:
+        lines += ["", "## Failed design points (the same command tries them again)", ""]
+        lines += [f"- {f['name']} ({f['key']}): {f['error']}" for f in doc["failed"]]
     return "\n".join(lines) + "\n"
 
 
@@ -1069,5 +1163,8 @@ def summary(doc: dict[str, Any]) -> str:
     if doc["constraints"]:
         lines.append(f"meeting {', '.join(f'{k} {v:g}' for k, v in doc['constraints'].items())}: "
                      f"{', '.join(doc['meets_constraints']) or 'none'}")
+        lines.append(f"Pareto front among them: {', '.join(doc['fronts']['meeting_constraints']) or 'none'}")
+    for f in doc["failed"]:
+        lines.append(f"FAILED {f['name']}: {f['error']} (the same command tries it again)")
     lines += [f"{k}: {v}" for k, v in doc["files"].items()]
     return "\n".join(lines)

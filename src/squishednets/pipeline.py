@@ -91,6 +91,7 @@ RUN_FLAGS: dict[str, tuple[str, ...]] = {
     "distill": ("evolve.distill",),
     "workers": ("evolve.executor.workers",),
     "ray-address": ("evolve.executor.ray_address",),
+    "gpus": ("evolve.executor.gpus",),
     "seed": ("ancestor.seed", "evolve.seed"),
     "threads": ("ancestor.threads", "evolve.train.threads", "bench.threads"),
     "device": ("ancestor.device", "evolve.train.device"),
