@@ -751,6 +751,9 @@ def _run_search(study: Any, ctx: _Ctx, ex: Any, hb: _Heartbeat) -> None:
             if elsewhere and asked <= 20 * cfg.trials:
                 time.sleep(min(5.0, cfg.grace_s / 4))  # other processes' points, or a dead one going stale
                 continue
+            if todo > 0:
+                log.warning("the sampler asked %d designs and repeated itself: %d distinct designs finished of "
+                            "--trials %d; widen --axes for more", asked, len(done), cfg.trials)
             return
         # NSGA-II asks a whole generation at once, so the designs it draws do not
         # depend on how many workers there are; random draws the same sequence anyway.
@@ -970,6 +973,7 @@ def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
         "selected_by": SELECTED_BY, "config": to_dict(cfg), "data": tc.data, "classes": classes,
         "image_size": tc.image_size, "heldout_images": len(splits.heldout), "test_images": len(splits.test),
         "test_split": splits.test_name, "constraints": _constraints(cfg), "energy_pj": ENERGY_PJ,
+        "energy_sram_kb": cfg.sram_kb or 8192,
         "base": BASE, "seed_noise": noise, "seed_noise_source": noise_source,
         "saturation_rule": "the smallest value after which held-out top-1 never rises more than the seed noise",
         "points": sorted(points, key=lambda p: -p["heldout_top1"]), "pareto": front, "fronts": fronts,
@@ -993,6 +997,8 @@ def _best(doc: dict[str, Any], k: int) -> list[dict[str, Any]]:
 def _write_outputs(doc: dict[str, Any], root: Path, cfg: ExploreConfig) -> dict[str, str]:
     files = {"json": root / "explore.json", "markdown": root / "explore.md", "html": root / "explore.html"}
     if cfg.top:
+        for old in (root / "designs").glob("*.json"):  # an earlier --top's, perhaps no longer the best
+            old.unlink()
         for p in _best(doc, cfg.top):
             files[f"design:{p['name']}"] = root / "designs" / f"{p['name']}.json"
             atomic_write_text(files[f"design:{p['name']}"], json.dumps(p["genome"], indent=2))
@@ -1036,7 +1042,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"images) reported only. Seed noise {doc['seed_noise'] * 100:.2f} points ({doc['seed_noise_source']}). "
              f"Speed: ONNX Runtime here, {doc['timing']['rounds']} interleaved round(s), medians. Energy per frame "
              f"is an estimate from counts: {doc['energy_pj']} pJ per MAC and per 32-bit SRAM or DRAM access "
-             "(Horowitz 2014, 45 nm).",
+             f"(Horowitz 2014, 45 nm), SRAM when parameters + activations fit {doc['energy_sram_kb']:g} KB "
+             "(--sram-kb; off: the playbook's 8192).",
              "", "| " + " | ".join(h for h, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(fn(p) for _, fn in _COLUMNS) + " |" for p in doc["points"]]
     if doc["sweeps"]:
