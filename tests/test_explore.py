@@ -131,8 +131,8 @@ def test_violations():
 def _cfg(data, **kw) -> ExploreConfig:
     train = dataclasses.replace(EXPLORE_TRAIN, data=str(data), image_size=32, epochs=1, batch_size=8, threads=1,
                                 holdout=0.34)
-    base = dict(strategy="grid", axes=("width",), front_seeds=2, grace_s=2, bench_threads=1, train=train,
-                executor=ExecConfig())
+    base = dict(strategy="grid", axes=("width",), front_seeds=2, grace_s=2, bench_threads=1, timing_rounds=1,
+                train=train, executor=ExecConfig())
     base.update(kw)
     return ExploreConfig(**base)
 
@@ -268,7 +268,8 @@ def test_kill_9_then_resume_loses_nothing(tiny_data, tmp_path, study):
     out = tmp_path / "ex"
     args = ["explore", "--out", str(out), "--data", str(tiny_data), "--image-size", "32", "--epochs", "3",
             "--train-batch-size", "8", "--threads", "1", "--train-holdout", "0.34", "--axes", "width",
-            "--front-seeds", "1", "--grace-s", "2", "--bench-threads", "1", "--no-progress"]
+            "--front-seeds", "1", "--grace-s", "2", "--bench-threads", "1", "--timing-rounds", "1",
+            "--no-progress"]
     if study == "nsga2":
         args += ["--strategy", "nsga2", "--axes", "width,pool", "--trials", "4", "--population", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "squishednets.cli", *args], stdout=subprocess.DEVNULL,
@@ -353,7 +354,8 @@ def test_a_failing_point_fails_alone_and_three_stop_the_run(tiny_data, tmp_path,
     monkeypatch.setattr(ex_mod, "_train_and_measure", flaky)
     args = ["explore", "--out", str(tmp_path / "ex"), "--data", str(tiny_data), "--image-size", "32", "--epochs",
             "1", "--train-batch-size", "8", "--threads", "1", "--train-holdout", "0.34", "--axes", "width",
-            "--front-seeds", "1", "--grace-s", "2", "--bench-threads", "1", "--no-progress"]
+            "--front-seeds", "1", "--grace-s", "2", "--bench-threads", "1", "--timing-rounds", "1",
+            "--no-progress"]
     assert main(args) == 1  # the others finished and are reported; the command says one failed
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: 1 design point(s) failed") and "out of memory" in err[-1]
