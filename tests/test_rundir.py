@@ -36,3 +36,21 @@ def test_refuses_other_kinds_versions_files_and_foreign_folders(tmp_path):
     with pytest.raises(ConfigError, match="not a 'train' run folder"):
         RunDir.open(tmp_path / "other", TrainConfig(), "train")
     assert (tmp_path / "other" / "precious.txt").read_text() == "keep"
+
+
+def test_a_folder_killed_before_its_first_config_landed_is_started(tmp_path):
+    # kill -9 between mkdir and the rename of the first config.json leaves only
+    # the atomic write's temporary file (the CI failure of explore's kill test).
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / ".config.json.tmp4242").write_text("{half")
+    rd = RunDir.open(root, TrainConfig(), "train")
+    assert not rd.resumed and sorted(p.name for p in root.iterdir()) == ["config.json"]
+    # A leftover beside anything else is still somebody's folder: refused, untouched.
+    other = tmp_path / "o"
+    other.mkdir()
+    (other / ".config.json.tmp1").write_text("x")
+    (other / "precious.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not a 'train' run folder"):
+        RunDir.open(other, TrainConfig(), "train")
+    assert sorted(p.name for p in other.iterdir()) == [".config.json.tmp1", "precious.txt"]

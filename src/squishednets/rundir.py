@@ -13,6 +13,7 @@ folder can be moved and still resumes.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from .config import resume_diff, to_dict
 from .errors import ConfigError
-from .io import atomic_write_json, read_json_object
+from .io import atomic_leftovers, atomic_write_json, read_json_object
 
 __all__ = ["RunDir", "CONFIG_VERSION", "CONFIG_FILE"]
 
@@ -69,7 +70,14 @@ class RunDir:
                                   "use the same options to resume or choose a new folder")
             stages = old.get("stages", {})
         elif root.exists() and any(root.iterdir()):
-            raise ConfigError(f"{root} exists and is not a '{kind}' run folder; choose a new folder")
+            # A kill -9 between creating the folder and renaming its first
+            # config.json into place leaves only that write's temporary file:
+            # the folder was never started, so it is started now.
+            left = atomic_leftovers(root)
+            if set(root.iterdir()) != set(left):
+                raise ConfigError(f"{root} exists and is not a '{kind}' run folder; choose a new folder")
+            for f in left:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
         rd = cls(root, kind, cfg, extra, stages, resumed)
         root.mkdir(parents=True, exist_ok=True)
         rd._write()
