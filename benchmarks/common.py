@@ -62,3 +62,34 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     atomic_write_json(path, payload)
     return path
+
+
+# The short version of the main job that benchmarks/peers.py and
+# benchmarks/explore_goal.py share (the default 60 + 15 x 12 epochs would take
+# peers trained from scratch about 15 hours per seed on 2 cores): the ancestor
+# trained ANCESTOR_EPOCHS, each of the 15 generations GENERATION_EPOCHS. Both
+# scripts keep a lineage per seed in RUNS/seed{S}/{ancestor,evolve}, so the
+# SqueezeNet v1.1 lineages one trains the other reuses.
+ANCESTOR_EPOCHS = 30
+GENERATION_EPOCHS = 4
+
+
+def lineage(seed: int, root: Path, anc_epochs: int, gen_epochs: int, threads: int | None,
+            model: str = "squeezenet1_1"):
+    """Train (or resume) ``model`` as the ancestor and evolve it with the main
+    job's evolution, at ``anc_epochs`` / ``gen_epochs``; the Lineage."""
+    import dataclasses
+
+    from squishednets.evolve import evolve
+    from squishednets.pipeline import RunConfig
+    from squishednets.train import run_training
+
+    cfg = RunConfig()
+    anc = dataclasses.replace(cfg.ancestor, model=model, seed=seed, epochs=anc_epochs, threads=threads)
+    m = run_training(anc, root / "ancestor", resume=True, progress=sys.stderr.isatty())
+    print(f"{root}: ancestor held-out {m['heldout_top1']:.4f} test {m['test_top1']:.4f}", flush=True)
+    ev = dataclasses.replace(cfg.evolve, seed=seed, train=dataclasses.replace(cfg.evolve.train, epochs=gen_epochs,
+                                                                                threads=threads))
+    lin = evolve(root / "ancestor" / "model", root / "evolve", ev, progress=sys.stderr.isatty())
+    print(f"{root}: final {lin.generations[-1].size_mb:.3f} MB test {lin.generations[-1].test_top1:.4f}", flush=True)
+    return lin

@@ -4,38 +4,35 @@ budget, beat the squished SqueezeNet v1.1 lineage at the same size?
 Takes the design that ``benchmarks/explore.py`` ranks best on held-out top-1
 among the dense designs (evolution shrinks dense genomes only) meeting the
 playbook's constraints, and for each seed does what ``squishednets run
---from-design GENOME.json --seed S`` does before its bench stage: trains it as
-the ancestor with the main job's recipe and evolves it with the main job's
-evolution (0.49 MB, 6x fewer MACs). Then times each seed's final network and
-the v1.1 lineage's final network of the same seed (``benchmarks/seeds.py``'s
-runs) in ONNX Runtime at 64 px, batch 32, in interleaved rounds.
+--from-design GENOME.json --seed S`` does before its bench stage, on the short
+recipe that ``benchmarks/peers.py`` uses (``common.lineage``: the ancestor
+trained 30 epochs, each of the 15 generations 4, the main job's evolution to
+0.49 MB and 6x fewer MACs). The SqueezeNet v1.1 lineage of the same seed and
+recipe comes from ``--v11-runs`` (the peers benchmark's folders; trained there
+when missing, so the two benchmarks share it). Then each seed's two final
+networks are timed in ONNX Runtime at 64 px, batch 32, in interleaved rounds.
 
 Goal: at <= 0.49 MB the explored lineage's final network has a higher mean
 test top-1 than the v1.1 lineage's, or more ORT images/s at equal top-1 (within
 one run's held-out noise). Writes results/explore_goal.json.
 
-    python benchmarks/explore_goal.py --seeds 0,1 --seed-runs runs/seeds --runs-dir runs/explore_goal
+    python benchmarks/explore_goal.py --seeds 0,1 --v11-runs runs/peers --runs-dir runs/explore_goal
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
-from common import RESULTS, write_result
+from common import ANCESTOR_EPOCHS, GENERATION_EPOCHS, RESULTS, lineage, write_result
 
 from squishednets.bench import BenchConfig, bench_model, gemm_ceiling
 from squishednets.checkpoint import load_checkpoint
-from squishednets.evolve import evolve
 from squishednets.io import atomic_write_text
-from squishednets.pipeline import RunConfig
-from squishednets.records import Lineage
-from squishednets.train import run_training
 
 
 def choose(explore: dict) -> dict:
@@ -50,11 +47,15 @@ def choose(explore: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--seed-runs", default="runs/seeds")
+    ap.add_argument("--v11-runs", default="runs/peers",
+                    help="the SqueezeNet v1.1 lineages, one per seed (benchmarks/peers.py's --runs-dir); "
+                         "trained there when missing")
     ap.add_argument("--runs-dir", default="runs/explore_goal")
     ap.add_argument("--explore", default=str(RESULTS / "explore_imagenette.json"))
     ap.add_argument("--threads", type=int)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--ancestor-epochs", type=int, default=ANCESTOR_EPOCHS)
+    ap.add_argument("--generation-epochs", type=int, default=GENERATION_EPOCHS)
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     design = choose(json.loads(Path(a.explore).read_text()))
@@ -63,20 +64,16 @@ def main() -> None:
     if not gpath.is_file():
         atomic_write_text(gpath, json.dumps(design["genome"], indent=2))
     print(f"design {design['name']}: held-out {design['heldout_top1']:.4f} at {design['size_mb']:.3f} MB", flush=True)
-    cfg = RunConfig()
     per_seed = []
     ceiling = None
     for s in seeds:
-        anc = dataclasses.replace(cfg.ancestor, model=str(gpath.resolve()), seed=s, threads=a.threads)
-        run_training(anc, runs / f"seed{s}" / "ancestor", resume=True, progress=sys.stderr.isatty())
-        ev = dataclasses.replace(cfg.evolve, seed=s, train=dataclasses.replace(cfg.evolve.train, threads=a.threads))
-        lin = evolve(runs / f"seed{s}" / "ancestor" / "model", runs / f"seed{s}" / "evolve", ev,
-                     progress=sys.stderr.isatty())
-        v11 = Lineage.load(Path(a.seed_runs) / f"seed{s}" / "evolve")
+        recipe = (a.ancestor_epochs, a.generation_epochs, a.threads)
+        v11 = lineage(s, Path(a.v11_runs) / f"seed{s}", *recipe)
+        lin = lineage(s, runs / f"seed{s}", *recipe, model=str(gpath.resolve()))
         ours, theirs = lin.generations[-1], v11.generations[-1]
         ceiling = ceiling or gemm_ceiling()
         m_ours = load_checkpoint(runs / f"seed{s}" / "evolve" / ours.path).model
-        m_v11 = load_checkpoint(Path(a.seed_runs) / f"seed{s}" / "evolve" / theirs.path).model
+        m_v11 = load_checkpoint(Path(a.v11_runs) / f"seed{s}" / "evolve" / theirs.path).model
         bc = BenchConfig(image_size=64, backends=("ort",))
         ratios, busy = [], []
         for _ in range(a.rounds):
@@ -101,6 +98,7 @@ def main() -> None:
     write_result("explore_goal", {
         "design": {k: design[k] for k in ("name", "design", "genome", "size_mb", "macs", "heldout_top1", "test_top1")},
         "rule": "the best dense design meeting the constraints by held-out top-1", "seeds": seeds,
+        "ancestor_epochs": a.ancestor_epochs, "generation_epochs": a.generation_epochs, "image_size": 64,
         "per_seed": per_seed, "noise_sd": noise,
         "goal_met": max(p["explored"]["size_mb"] for p in per_seed) <= 0.49 and (better_top1 or (equal_top1 and faster)),
         "goal": "at <= 0.49 MB, higher mean test top-1 than the squished v1.1 lineage, or more ORT images/s at "

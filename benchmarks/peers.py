@@ -23,37 +23,20 @@ top-1, judged on test top-1).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from common import stats, write_result
+from common import ANCESTOR_EPOCHS, GENERATION_EPOCHS, lineage, stats, write_result
 
 from squishednets.compare import METHODS, CompareConfig, compare, goal
-from squishednets.evolve import evolve
-from squishednets.pipeline import RunConfig
 from squishednets.report import compare_dir
-from squishednets.train import run_training
-
-
-def lineage(seed: int, root: Path, anc_epochs: int, gen_epochs: int, threads: int | None) -> None:
-    cfg = RunConfig()
-    anc = dataclasses.replace(cfg.ancestor, seed=seed, epochs=anc_epochs, threads=threads)
-    m = run_training(anc, root / "ancestor", resume=True, progress=sys.stderr.isatty())
-    print(f"seed {seed}: ancestor held-out {m['heldout_top1']:.4f} test {m['test_top1']:.4f}", flush=True)
-    ev = dataclasses.replace(cfg.evolve, seed=seed, train=dataclasses.replace(cfg.evolve.train, epochs=gen_epochs,
-                                                                                threads=threads))
-    lin = evolve(root / "ancestor" / "model", root / "evolve", ev, progress=sys.stderr.isatty())
-    print(f"seed {seed}: final {lin.generations[-1].size_mb:.3f} MB test {lin.generations[-1].test_top1:.4f}",
-          flush=True)
 
 
 def run_compare(root: Path, threads: int | None) -> dict:
     doc = compare(root / "evolve", CompareConfig(threads=threads), progress=sys.stderr.isatty(),
                   say=lambda s: print(s, flush=True))
     return doc
-
 
 
 def summarize(seeds: list[int], runs_dir: Path, anc_epochs: int, gen_epochs: int) -> None:
@@ -96,8 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--runs-dir", default="runs/peers")
-    ap.add_argument("--ancestor-epochs", type=int, default=30)
-    ap.add_argument("--generation-epochs", type=int, default=4)
+    ap.add_argument("--ancestor-epochs", type=int, default=ANCESTOR_EPOCHS)
+    ap.add_argument("--generation-epochs", type=int, default=GENERATION_EPOCHS)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--summarize", action="store_true")
     a = ap.parse_args()
