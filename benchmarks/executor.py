@@ -82,46 +82,67 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds of every mode (medians and ranges are reported)")
     a = ap.parse_args()
     root = Path(a.runs_dir)
     data = sample(Path(a.data), root / "data", a.train_per_class, a.val_per_class)
+    modes = a.modes.split(",")
+    rounds: dict[str, list[dict]] = {m: [] for m in modes}
+    for r in range(a.rounds):
+        for mode in modes:
+            rounds[mode].append(run_mode(mode, root, data, a))
+            print(f"round {r + 1}: {mode}: {rounds[mode][-1]['points']} points in {rounds[mode][-1]['search_s']:.0f} s"
+                  f" = {rounds[mode][-1]['points_per_hour']:.0f} points/h (other cores before: "
+                  f"{rounds[mode][-1]['other_cores_before']})", flush=True)
     results = {}
-    for mode in a.modes.split(","):
-        ex, threads = MODES[mode]
-        out = root / mode
-        if out.exists():
-            shutil.rmtree(out)  # a fresh folder: a resumed run would time nothing
-        train = dataclasses.replace(EXPLORE_TRAIN, data=str(data), epochs=a.epochs, image_size=a.image_size,
-                                    threads=threads, cache_dir=str(root / "cache"))
-        cfg = ExploreConfig(strategy="random", trials=a.points, front_seeds=1, timing_rounds=1, train=train,
-                            executor=ex)
-        load = other_cores()
-        marks: list[tuple[float, str]] = []
-        t0 = time.perf_counter()
-        doc = explore(cfg, out, progress=False, say=lambda m: marks.append((time.perf_counter(), m)))
-        wall = time.perf_counter() - t0
-        t_timing = next(t for t, m in marks if m.lstrip().startswith("timing every point"))
-        search_s = t_timing - t0
-        points = len(doc["points"])
-        train_s = [p["train_time_s"] for p in doc["points"] if p.get("train_time_s")]
-        results[mode] = {
-            "executor": doc["executor"], "threads_per_point": threads or "every core", "points": points,
-            "search_s": search_s, "timing_pass_s": wall - search_s, "wall_s": wall,
-            "points_per_hour": points * 3600 / search_s,
-            "median_point_train_s": statistics.median(train_s) if train_s else None,
-            "other_cores_before": load, "quiet": load is not None and load < 0.2,
-            "log": [[round(t - t0, 1), m.strip()] for t, m in marks],
-        }
-        print(f"{mode}: {points} points in {search_s:.0f} s = {results[mode]['points_per_hour']:.0f} points/h "
-              f"(other cores before: {load:.2f})", flush=True)
-    base = results.get("in_process", {}).get("points_per_hour")
-    for r in results.values():
-        r["vs_in_process"] = r["points_per_hour"] / base if base else None
+    for mode, rs in rounds.items():
+        pph = [r["points_per_hour"] for r in rs]
+        results[mode] = {**{k: rs[0][k] for k in ("executor", "threads_per_point", "points")},
+                         "points_per_hour": statistics.median(pph), "points_per_hour_range": [min(pph), max(pph)],
+                         "search_s": statistics.median(r["search_s"] for r in rs),
+                         "timing_pass_s": statistics.median(r["timing_pass_s"] for r in rs),
+                         "median_point_train_s": statistics.median(r["median_point_train_s"] for r in rs),
+                         "quiet": all(r["quiet"] for r in rs), "rounds": rs}
+    base = results.get("in_process")
+    for mode, r in results.items():
+        if base:
+            ratios = [x["points_per_hour"] / b["points_per_hour"] for x, b in zip(rounds[mode], rounds["in_process"])]
+            r["vs_in_process"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     write_result("executor", {
         "data": str(a.data), "train_per_class": a.train_per_class, "val_per_class": a.val_per_class,
-        "epochs_per_point": a.epochs, "image_size": a.image_size, "strategy": "random", "modes": results,
-        "quiet": all(r["quiet"] for r in results.values()),
+        "epochs_per_point": a.epochs, "image_size": a.image_size, "strategy": "random", "rounds": a.rounds,
+        "modes": results, "quiet": all(r["quiet"] for r in results.values()),
     })
+
+
+def run_mode(mode: str, root: Path, data: Path, a: argparse.Namespace) -> dict:
+    """One fresh exploration on ``mode``'s executor: its search and timing-pass times."""
+    ex, threads = MODES[mode]
+    out = root / mode
+    if out.exists():
+        shutil.rmtree(out)  # a fresh folder: a resumed run would time nothing
+    train = dataclasses.replace(EXPLORE_TRAIN, data=str(data), epochs=a.epochs, image_size=a.image_size,
+                                threads=threads, cache_dir=str(root / "cache"))
+    cfg = ExploreConfig(strategy="random", trials=a.points, front_seeds=1, timing_rounds=1, train=train,
+                        executor=ex)
+    load = other_cores()
+    marks: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+    doc = explore(cfg, out, progress=False, say=lambda m: marks.append((time.perf_counter(), m)))
+    wall = time.perf_counter() - t0
+    t_timing = next(t for t, m in marks if m.lstrip().startswith("timing every point"))
+    search_s = t_timing - t0
+    points = len(doc["points"])
+    train_s = [p["train_time_s"] for p in doc["points"] if p.get("train_time_s")]
+    return {
+        "executor": doc["executor"], "threads_per_point": threads or "every core", "points": points,
+        "search_s": search_s, "timing_pass_s": wall - search_s, "wall_s": wall,
+        "points_per_hour": points * 3600 / search_s,
+        "median_point_train_s": statistics.median(train_s) if train_s else None,
+        "other_cores_before": load, "quiet": load is not None and load < 0.2,
+        "log": [[round(t - t0, 1), m.strip()] for t, m in marks],
+    }
 
 
 if __name__ == "__main__":

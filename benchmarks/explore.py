@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import statistics
 import time
 from pathlib import Path
 
@@ -80,6 +82,15 @@ def main() -> None:
         p["violations"] = violations(p, cfg)
         p["meets_constraints"] = not p["violations"]
     grid = docs.get("grid", {})
+    # What one design point costs beside its training (data load, evaluation,
+    # ONNX export and its own timing, process start): the figure a cluster
+    # projection needs, from every trained seed's result.
+    runs_done = [json.loads(f.read_text()) for name in docs for f in (root / name / "points").glob("*/s*/result.json")]
+    costs = {"points": len(runs_done),
+             "median_wall_s": statistics.median(r["wall_s"] for r in runs_done),
+             "median_train_s": statistics.median(r["train_time_s"] for r in runs_done),
+             "median_overhead_s": statistics.median(r["wall_s"] - r["train_time_s"] for r in runs_done),
+             "threads_per_point": args.threads, "workers": args.workers}
     write_result(args.name, {
         "data": cfg.train.data, "image_size": cfg.train.image_size, "epochs_per_point": args.epochs,
         "selected_by": "heldout", "objectives": list(cfg.objectives),
@@ -89,7 +100,7 @@ def main() -> None:
         "seed_noise": grid.get("seed_noise"), "seed_noise_source": grid.get("seed_noise_source"),
         "runs": {k: {"points": len(d["points"]), "executor": d["executor"], "timing": d["timing"],
                      "files": d["files"]} for k, d in docs.items()},
-        "wall_s": time.perf_counter() - t0, "other_cpu_cores": mon.other_cores,
+        "point_costs": costs, "wall_s": time.perf_counter() - t0, "other_cpu_cores": mon.other_cores,
         "machine_busy": mon.busy,
     })
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -205,6 +206,17 @@ def test_processes_give_the_same_study_as_in_process(in_process, tmp_path, study
                 say=lambda s: None)
     assert _same(a[study]) == _same(b)
     assert "processes" in b["executor"]
+
+
+def test_workers_reading_the_data_from_a_url_give_the_same_study(in_process, tmp_path):
+    # What a Ray node without the driver's file system does: fetch the archive, read its own copy.
+    data, a = in_process
+    archive = tmp_path / "data.tgz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(data, arcname="data")
+    b = explore(_cfg(archive.as_uri(), **STUDIES["grid"], executor=ExecConfig(workers=2)), tmp_path / "b",
+                progress=False, say=lambda s: None)
+    assert _same(a["grid"]) == _same(b) and b["data"] == archive.as_uri()
 
 
 @pytest.mark.parametrize("study", list(STUDIES))

@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .errors import DataError
+from .fetch import local_data
 from .io import atomic_write_bytes, atomic_write_file, atomic_write_text
 
 __all__ = [
@@ -67,6 +68,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "squishednets"
 
 
+def _local(root: str | Path) -> Path:
+    """The data folder: ``root`` itself, or the local copy of a data set at a URL (``fetch``)."""
+    return local_data(root, default_cache_dir())
+
+
 @dataclass
 class Split:
     """One split held in memory: uint8 images (N, 3, S, S) and int64 labels."""
@@ -99,7 +105,7 @@ def _class_dirs(root: Path, split: str) -> list[Path]:
 
 def scan_split(root: str | Path, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
     """Classes (sorted folder names) and (file, label) pairs of one split."""
-    root = Path(root)
+    root = _local(root)
     dirs = _class_dirs(root, split)
     classes = [d.name for d in dirs]
     items: list[tuple[Path, int]] = []
@@ -157,7 +163,7 @@ def load_split(
     progress: bool = False,
 ) -> Split:
     """Load one split, decoding only when the cache is missing or stale."""
-    root = Path(root)
+    root = _local(root)
     classes, items = scan_split(root, split)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _cache_key(root, split, items, image_size, classes)
@@ -239,14 +245,14 @@ def _warn_skipped(skipped: list[str]) -> None:
 def test_split_name(root: str | Path) -> str:
     """``test`` when the data set has a ``test/`` folder, else ``val``: the
     split whose figure is reported (and never used to choose anything)."""
-    return "test" if (Path(root) / "test").is_dir() else "val"
+    return "test" if (_local(root) / "test").is_dir() else "val"
 
 
 def check_dataset(root: str | Path) -> list[str]:
     """Cheap structural check of a class-per-folder set (no decoding): train
     and the test split (``test/`` or else ``val/``) exist, have classes with
     files, and the same classes. Returns them."""
-    root = Path(root)
+    root = _local(root)
     test = test_split_name(root)
     tc, _ = scan_split(root, "train")
     vc, _ = scan_split(root, test)
@@ -289,7 +295,7 @@ def load_splits(
     """Train, held-out and test splits (see :class:`Splits`). ``holdout`` is
     the fraction of each class held out of train (``None``: no held-out set,
     then ``heldout`` is empty)."""
-    root = Path(root)
+    root = _local(root)
     check_dataset(root)
     test_name = test_split_name(root)
     full = load_split(root, "train", image_size, cache_dir, strict, progress=progress)

@@ -53,6 +53,7 @@ from tqdm import tqdm
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from .config import from_dict, option, to_dict
 from .data import Splits, load_splits
+from .fetch import location
 from .errors import ConfigError
 from .executor import IN_PROCESS, ExecConfig, Executor, make_executor
 from .metrics import BYTES_FP32, profile
@@ -349,7 +350,7 @@ def _borrow(name: str, key: Any) -> tuple[Any, ...] | None:
 
 
 def _splits_key(data: str, t: TrainConfig) -> tuple[Any, ...]:
-    return (str(Path(data).resolve()), t.image_size, t.holdout, t.split_seed, t.cache_dir)
+    return (location(data), t.image_size, t.holdout, t.split_seed, t.cache_dir)
 
 
 def _task(ctx: _Context, parent: Checkpoint, env: Environment, tgt: _Target | None, g: int, k: int,
@@ -357,7 +358,7 @@ def _task(ctx: _Context, parent: Checkpoint, env: Environment, tgt: _Target | No
     """Candidate k's task: paths (absolute, so any worker finds them) and plain
     dicts, never tensors."""
     return {"run": str(ctx.rd.root.resolve()), "generation": g, "index": k,
-            "parent": str(Path(parent.path).resolve()), "data": str(Path(ctx.train.data).resolve()),
+            "parent": str(Path(parent.path).resolve()), "data": location(ctx.train.data),
             "evolve": to_dict(ctx.cfg), "train": to_dict(ctx.train), "image_size": ctx.image_size,
             "name": ctx.name, "env": dataclasses.asdict(env),
             "target": dataclasses.asdict(tgt) if tgt is not None else None, "progress": progress}

@@ -54,6 +54,7 @@ from typing import Any, Callable
 
 from .config import from_dict, option, to_dict
 from .data import check_dataset
+from .fetch import location
 from .errors import ConfigError, GenomeError, SquishedError
 from .executor import ExecConfig, make_executor
 from .genome import Genome, StemSpec, make_divisible, pool_positions, squeezenet_design
@@ -629,8 +630,7 @@ class _Ctx:
         key = design_key(design)
         c = self.cfg
         # Absolute paths: a Ray task on another node runs in another working folder.
-        paths = {k: str(Path(v).resolve()) for k in ("data", "cache_dir", "teacher")
-                 if (v := getattr(c.train, k)) is not None}
+        paths = {k: location(v) for k in ("data", "cache_dir", "teacher") if (v := getattr(c.train, k)) is not None}
         return {"dir": str(self.rd.path(f"points/{key}/s{seed}").resolve()), "key": key, "design": design,
                 "seed": seed, "genome": design_genome(design, self.num_classes, c.round_to, c.train.batchnorm).to_dict(),
                 "train": {**to_dict(c.train), **paths}, "minutes": c.minutes, "n_train": self.n_train,
