@@ -5,7 +5,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "squishednets"
 # Lowest first; a module may import only modules before it.
-LAYERS = ["errors", "io", "seeds", "config", "executor", "genome", "model", "metrics", "checkpoint", "data", "rundir",
+LAYERS = ["errors", "io", "seeds", "config", "fetch", "executor", "genome", "model", "metrics", "checkpoint", "data", "rundir",
           "records", "ort", "train", "synthesis", "evolve", "export", "bench", "analysis", "predict", "report",
           "analyze", "explore", "compare", "pipeline", "cli"]
 
