@@ -83,13 +83,16 @@ def main() -> None:
         p["meets_constraints"] = not p["violations"]
     grid = docs.get("grid", {})
     # What one design point costs beside its training (data load, evaluation,
-    # ONNX export and its own timing, process start): the figure a cluster
-    # projection needs, from every trained seed's result.
-    runs_done = [json.loads(f.read_text()) for name in docs for f in (root / name / "points").glob("*/s*/result.json")]
-    costs = {"points": len(runs_done),
-             "median_wall_s": statistics.median(r["wall_s"] for r in runs_done),
-             "median_train_s": statistics.median(r["train_time_s"] for r in runs_done),
-             "median_overhead_s": statistics.median(r["wall_s"] - r["train_time_s"] for r in runs_done),
+    # ONNX export and the point's own timing): the figure a cluster projection
+    # needs. From the seeds of the points shown, trained in one session each
+    # (a resumed point's wall time covers its last session only).
+    runs_done = [json.loads(f.read_text()) for name, d in docs.items() for p in d["points"]
+                 for f in (root / name / "points" / p["key"]).glob("s*/result.json")]
+    whole = [r for r in runs_done if r["wall_s"] >= r["train_time_s"]]
+    costs = {"points": len(whole), "resumed_left_out": len(runs_done) - len(whole),
+             "median_wall_s": statistics.median(r["wall_s"] for r in whole),
+             "median_train_s": statistics.median(r["train_time_s"] for r in whole),
+             "median_overhead_s": statistics.median(r["wall_s"] - r["train_time_s"] for r in whole),
              "threads_per_point": args.threads, "workers": args.workers}
     write_result(args.name, {
         "data": cfg.train.data, "image_size": cfg.train.image_size, "epochs_per_point": args.epochs,

@@ -3,6 +3,7 @@ driver's file system reads."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import http.server
 import io
@@ -62,13 +63,42 @@ def test_http_archive_is_fetched_once_and_loads_like_the_folder(tiny_data, tmp_p
     assert a.classes == b.classes and a.train.images.equal(b.train.images) and a.test.images.equal(b.test.images)
 
 
-def test_zip_over_file_url_with_the_data_at_the_top(tiny_data, tmp_path):
+def test_zip_over_file_url_at_the_top_or_beside_macos_folders(tiny_data, tmp_path):
     z = tmp_path / "tiny.zip"
     with zipfile.ZipFile(z, "w") as f:
         for p in sorted(tiny_data.rglob("*")):
             f.write(p, p.relative_to(tiny_data))
     root = local_data(z.as_uri(), tmp_path / "cache")
     assert sorted(p.name for p in root.iterdir()) == ["train", "val"]
+    mac = tmp_path / "finder.zip"  # what macOS Finder's "Compress" makes
+    with zipfile.ZipFile(mac, "w") as f:
+        for p in sorted(tiny_data.rglob("*")):
+            f.write(p, "tiny/" + str(p.relative_to(tiny_data)))
+        f.writestr("__MACOSX/tiny/._train", b"resource fork")
+    assert local_data(mac.as_uri(), tmp_path / "cache").name == "tiny"
+
+
+def test_the_copy_lands_in_the_cache_it_is_given_and_one_process_fetches(tiny_data, tmp_path, served):
+    www, base = served
+    _tgz(tiny_data, www / "tiny.tgz")
+    url = f"{base}/tiny.tgz"
+    mine = tmp_path / "my_cache"
+    assert check_dataset(url, mine) == check_dataset(tiny_data)
+    assert (mine / "datasets").is_dir()
+    # Several fetching at once: one downloads, the others wait for its copy.
+    calls = []
+    real = urllib.request.urlopen
+
+    def counted(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    shared = tmp_path / "shared_cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(urllib.request, "urlopen", counted)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            roots = list(pool.map(lambda _: local_data(url, shared), range(4)))
+    assert len(set(roots)) == 1 and len(calls) == 1
 
 
 def test_unreachable_or_wrong_urls_fail_clearly_and_leave_nothing(tiny_data, tmp_path, served):
@@ -85,19 +115,30 @@ def test_unreachable_or_wrong_urls_fail_clearly_and_leave_nothing(tiny_data, tmp
         local_data(f"{base}/broken.tgz", cache)
     (tiny_data / "train").rename(tiny_data / "training")
     _tgz(tiny_data, www / "notrain.tgz")
-    with pytest.raises(DataError, match="holds no train/ folder"):
+    with pytest.raises(DataError, match="holds no train/ with val/ or test/"):
         local_data(f"{base}/notrain.tgz", cache)
     # A member that would land outside the folder is refused by tarfile's data filter.
     evil = www / "evil.tar"
     with tarfile.open(evil, "w") as t:
-        info = tarfile.TarInfo("../escaped.txt")
+        info = tarfile.TarInfo("../../../../escaped.txt")
         info.size = 1
         t.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(DataError, match="not a readable archive"):
         local_data(f"{base}/evil.tar", cache)
-    assert not (cache / "escaped.txt").exists() and not (cache.parent / "escaped.txt").exists()
-    # Nothing half-fetched stays behind to be taken for a copy.
-    assert not (cache / "datasets").exists() or not any((cache / "datasets").iterdir())
+    assert not any(p.exists() for p in (cache / "escaped.txt", cache / "datasets" / "escaped.txt",
+                                       cache.parent / "escaped.txt", cache.parent.parent / "escaped.txt"))
+    # A truncated download of a good archive, and one without val/ or test/.
+    good = _tgz(tiny_data, www / "good.tgz").read_bytes()
+    (www / "truncated.tgz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match="not a readable archive"):
+        local_data(f"{base}/truncated.tgz", cache)
+    shutil.rmtree(tiny_data / "val")
+    (tiny_data / "training").rename(tiny_data / "train")
+    _tgz(tiny_data, www / "noval.tgz")
+    with pytest.raises(DataError, match="holds no train/ with val/ or test/"):
+        local_data(f"{base}/noval.tgz", cache)
+    # Nothing half-fetched stays behind to be taken for a copy (only the lock file).
+    assert [p.name for p in (cache / "datasets").iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_train_reads_a_url(tiny_data, tmp_path, served):

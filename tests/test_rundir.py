@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -43,7 +46,9 @@ def test_a_folder_killed_before_its_first_config_landed_is_started(tmp_path):
     # the atomic write's temporary file (the CI failure of explore's kill test).
     root = tmp_path / "r"
     root.mkdir()
-    (root / ".config.json.tmp4242").write_text("{half")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid no process has now
+    (root / f".config.json.tmp{dead.pid}").write_text("{half")
     rd = RunDir.open(root, TrainConfig(), "train")
     assert not rd.resumed and sorted(p.name for p in root.iterdir()) == ["config.json"]
     # A leftover beside anything else is still somebody's folder: refused, untouched.
@@ -54,3 +59,11 @@ def test_a_folder_killed_before_its_first_config_landed_is_started(tmp_path):
     with pytest.raises(ConfigError, match="not a 'train' run folder"):
         RunDir.open(other, TrainConfig(), "train")
     assert sorted(p.name for p in other.iterdir()) == [".config.json.tmp1", "precious.txt"]
+    # Hidden files that merely look temporary are the user's, and a live writer's file is left to it.
+    for name, make in ((".notes.old", "dir"), (".thesis.tex.tmp", "file"), (f".config.json.tmp{os.getpid()}", "file")):
+        d = tmp_path / name.strip(".").replace(".", "_")
+        d.mkdir()
+        (d / name).mkdir() if make == "dir" else (d / name).write_text("keep")
+        with pytest.raises(ConfigError, match="not a 'train' run folder"):
+            RunDir.open(d, TrainConfig(), "train")
+        assert (d / name).exists()

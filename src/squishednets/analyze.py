@@ -93,7 +93,7 @@ def analysis_images(ck: Checkpoint, cfg: AnalyzeConfig,
                             "pass --split test to analyse on the test split (reported only)")
         s = load_splits(root, size, holdout, split_seed, cfg.cache_dir, progress=progress).heldout
     else:
-        s = load_split(root, test_split_name(root), size, cfg.cache_dir, progress=progress)
+        s = load_split(root, test_split_name(root, cfg.cache_dir), size, cfg.cache_dir, progress=progress)
     if classes is not None and s.classes != classes:
         raise DataError(f"the data's classes {s.classes[:3]}... differ from the checkpoint's {classes[:3]}...; "
                         "pass --data with the same class folders")

@@ -68,9 +68,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "squishednets"
 
 
-def _local(root: str | Path) -> Path:
-    """The data folder: ``root`` itself, or the local copy of a data set at a URL (``fetch``)."""
-    return local_data(root, default_cache_dir())
+def _local(root: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The data folder: ``root`` itself, or the local copy of a data set at a
+    URL (``fetch``), kept in the same cache as the decoded images."""
+    return local_data(root, Path(cache_dir) if cache_dir else default_cache_dir())
 
 
 @dataclass
@@ -163,7 +164,7 @@ def load_split(
     progress: bool = False,
 ) -> Split:
     """Load one split, decoding only when the cache is missing or stale."""
-    root = _local(root)
+    root = _local(root, cache_dir)
     classes, items = scan_split(root, split)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _cache_key(root, split, items, image_size, classes)
@@ -242,17 +243,17 @@ def _warn_skipped(skipped: list[str]) -> None:
         log.warning(_skipped_message(skipped, strict=False))
 
 
-def test_split_name(root: str | Path) -> str:
+def test_split_name(root: str | Path, cache_dir: str | Path | None = None) -> str:
     """``test`` when the data set has a ``test/`` folder, else ``val``: the
     split whose figure is reported (and never used to choose anything)."""
-    return "test" if (_local(root) / "test").is_dir() else "val"
+    return "test" if (_local(root, cache_dir) / "test").is_dir() else "val"
 
 
-def check_dataset(root: str | Path) -> list[str]:
+def check_dataset(root: str | Path, cache_dir: str | Path | None = None) -> list[str]:
     """Cheap structural check of a class-per-folder set (no decoding): train
     and the test split (``test/`` or else ``val/``) exist, have classes with
     files, and the same classes. Returns them."""
-    root = _local(root)
+    root = _local(root, cache_dir)
     test = test_split_name(root)
     tc, _ = scan_split(root, "train")
     vc, _ = scan_split(root, test)
@@ -295,7 +296,7 @@ def load_splits(
     """Train, held-out and test splits (see :class:`Splits`). ``holdout`` is
     the fraction of each class held out of train (``None``: no held-out set,
     then ``heldout`` is empty)."""
-    root = _local(root)
+    root = _local(root, cache_dir)
     check_dataset(root)
     test_name = test_split_name(root)
     full = load_split(root, "train", image_size, cache_dir, strict, progress=progress)

@@ -922,7 +922,7 @@ def explore(cfg: ExploreConfig, out: str | Path, progress: bool = True,
     if cfg.strategy != "grid" and _space_size(cfg) < cfg.trials:
         raise ConfigError(f"the space over {','.join(cfg.swept)} has only {_space_size(cfg)} designs, fewer than "
                           f"--trials {cfg.trials}; lower --trials, add --axes, or use --strategy grid")
-    classes = check_dataset(cfg.train.data)
+    classes = check_dataset(cfg.train.data, cfg.train.cache_dir)
     tc = cfg.train
     _static_check(cfg, len(classes), tc.image_size)
     # Decoded once here, so that every worker finds the cache (and the sizes of the sets are known).

@@ -33,6 +33,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from .checkpoint import load_checkpoint
 from .data import load_dataset, load_split, normalize_batch, test_split_name
 from .errors import ConfigError, DataError, DeadNetworkError, ExportError
+from .fetch import is_url
 from .io import atomic_write_file
 from .model import SqueezeNet, fold_batchnorm
 from .ort import cpu_flags, images_per_second, session
@@ -251,9 +252,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         if not d:
             raise ConfigError("int8 calibration needs real images: pass --data")
         train, test = load_dataset(d, size, cache_dir)
-    elif d and (data or Path(d).is_dir()):
+    elif d and (data or is_url(d) or Path(d).is_dir()):
         try:
-            test = load_split(d, test_split_name(d), size, cache_dir)
+            test = load_split(d, test_split_name(d, cache_dir), size, cache_dir)
         except DataError as e:
             if data:
                 raise
@@ -263,7 +264,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     check = None if test is None else test.images[_subset(len(test), check_images)]
     info = export_onnx(ck.model, out, size, images_u8=check)
     info["image_size"] = size
-    info["real_data"] = None if check is None else f"{d} ({test_split_name(d)})"
+    info["real_data"] = None if check is None else f"{d} ({test_split_name(d, cache_dir)})"
     if not int8:
         return info
     threads = threads or os.cpu_count() or 1
@@ -282,7 +283,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         # Calibration draws on the whole training folder; the reported
         # figures are the test split's, which chooses nothing.
         "calibration_images": int(len(idx)),
-        "test_split": test_split_name(d),
+        "test_split": test_split_name(d, cache_dir),
         "test_images": len(test),
         "fp32_test_top1": fp32_top1,
         "int8_test_top1": int8_top1,

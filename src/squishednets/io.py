@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -156,16 +155,6 @@ def atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
-
-
-_LEFTOVER = re.compile(r"^\..+\.(tmp\d*|old)$")
-
-
-def atomic_leftovers(folder: str | Path) -> list[Path]:
-    """The temporary files and folders that :func:`atomic_write_file` and
-    :func:`atomic_dir` leave in ``folder`` when the process is killed before
-    the rename (``.NAME.tmpPID``, ``.NAME.tmp``, ``.NAME.old``)."""
-    return [f for f in Path(folder).iterdir() if _LEFTOVER.match(f.name)]
 
 
 def recover_dir(path: str | Path) -> None:

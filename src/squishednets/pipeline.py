@@ -163,7 +163,7 @@ def run_all(cfg: RunConfig, out: str | Path, say: Callable[[str], None] = print,
             ) -> RunDir:
     """Run (or resume) every stage of the main job in ``out``."""
     # Bad data fails here, before the run folder pins the configuration.
-    check_dataset(cfg.ancestor.data)
+    check_dataset(cfg.ancestor.data, cfg.ancestor.cache_dir)
     # An explored design that evolution cannot shrink fails now, not after the ancestor's training.
     check_evolvable(resolve_genome(cfg.ancestor.model, batchnorm=cfg.ancestor.batchnorm))
     rd = RunDir.open(out, cfg, "run")

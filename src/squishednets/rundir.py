@@ -13,7 +13,7 @@ folder can be moved and still resumes.
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import resume_diff, to_dict
 from .errors import ConfigError
-from .io import atomic_leftovers, atomic_write_json, read_json_object
+from .io import atomic_write_json, read_json_object
 
 __all__ = ["RunDir", "CONFIG_VERSION", "CONFIG_FILE"]
 
@@ -71,13 +71,15 @@ class RunDir:
             stages = old.get("stages", {})
         elif root.exists() and any(root.iterdir()):
             # A kill -9 between creating the folder and renaming its first
-            # config.json into place leaves only that write's temporary file:
-            # the folder was never started, so it is started now.
-            left = atomic_leftovers(root)
-            if set(root.iterdir()) != set(left):
+            # config.json into place leaves only that write's temporary file
+            # (io.atomic_write_file's ``.config.json.tmpPID``): the folder was
+            # never started, so it is started now. Anything else, or a writer
+            # still alive, is somebody's folder.
+            entries = list(root.iterdir())
+            if not all(_dead_config_tmp(f) for f in entries):
                 raise ConfigError(f"{root} exists and is not a '{kind}' run folder; choose a new folder")
-            for f in left:
-                shutil.rmtree(f) if f.is_dir() else f.unlink()
+            for f in entries:
+                f.unlink()
         rd = cls(root, kind, cfg, extra, stages, resumed)
         root.mkdir(parents=True, exist_ok=True)
         rd._write()
@@ -102,6 +104,23 @@ class RunDir:
         """Record ``stage`` as finished with ``info`` (paths in it relative)."""
         self.stages[stage] = {**info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self._write()
+
+
+_CONFIG_TMP = re.compile(r"^\.config\.json\.tmp(\d+)$")
+
+
+def _dead_config_tmp(f: Path) -> bool:
+    """``f`` is a regular file left by an atomic write of config.json whose process is gone."""
+    m = _CONFIG_TMP.match(f.name)
+    if not m or f.is_symlink() or not f.is_file():
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # PermissionError: a live process of another user
+    return False  # its writer is alive: it may still rename it into place
 
 
 def _read(f: Path) -> dict[str, Any]:

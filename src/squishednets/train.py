@@ -537,7 +537,7 @@ def evaluate_checkpoint(ck: Checkpoint, data: str | None = None, split: str | No
     tcfg, classes = train_config_of(ck)
     root = data or tcfg.data
     size = image_size or tcfg.image_size
-    name = split or test_split_name(root)
+    name = split or test_split_name(root, cache_dir)
     s = load_split(root, name, size, cache_dir)
     if classes != s.classes:
         raise DataError(f"the data's classes {s.classes[:3]}... differ from the checkpoint's {classes[:3]}...; "
