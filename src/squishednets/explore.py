@@ -1099,8 +1099,13 @@ def _figures(doc: dict[str, Any]) -> dict[str, str]:
     figs["explore_pareto"] = figure_png(fig)
     sweeps = doc["sweeps"]
     if sweeps:
-        fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
-        for ax, (axis, s) in zip(axes[0], sweeps.items()):
+        # At most 4 panels a row: every axis's sweep stays readable on a page.
+        cols = min(4, len(sweeps))
+        rows = -(-len(sweeps) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+        for ax in axes.flat[len(sweeps):]:
+            ax.set_visible(False)
+        for ax, (axis, s) in zip(axes.flat, sweeps.items()):
             xs = list(range(len(s["values"])))
             err = [0 if e is None else e * 100 for e in s["heldout_top1_sd"]]
             ax.errorbar(xs, [a * 100 for a in s["heldout_top1"]], yerr=err, marker="o", capsize=3,
@@ -1118,6 +1123,7 @@ def _figures(doc: dict[str, Any]) -> dict[str, str]:
             ax.set_xlabel(axis)
             ax.set_ylabel("top-1 (%)")
             ax.legend(fontsize=8)
+        fig.tight_layout()
         figs["explore_sweeps"] = figure_png(fig)
     return figs
 
