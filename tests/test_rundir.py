@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -41,26 +38,33 @@ def test_refuses_other_kinds_versions_files_and_foreign_folders(tmp_path):
     assert (tmp_path / "other" / "precious.txt").read_text() == "keep"
 
 
-def test_a_folder_killed_before_its_first_config_landed_is_started(tmp_path):
-    # kill -9 between mkdir and the rename of the first config.json leaves only
-    # the atomic write's temporary file (the CI failure of explore's kill test).
+def test_a_new_folder_appears_only_with_its_config(tmp_path, monkeypatch):
+    # kill -9 while a folder is made (the CI failure of explore's kill test) can
+    # only leave the sibling temporary folder: the run folder itself is absent,
+    # and the same command starts it and clears the leftover.
     root = tmp_path / "r"
-    root.mkdir()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()  # a pid no process has now
-    (root / f".config.json.tmp{dead.pid}").write_text("{half")
+    (tmp_path / ".r.tmp").mkdir()
+    (tmp_path / ".r.tmp" / ".config.json.tmp4242").write_text("{half")
     rd = RunDir.open(root, TrainConfig(), "train")
     assert not rd.resumed and sorted(p.name for p in root.iterdir()) == ["config.json"]
-    # A leftover beside anything else is still somebody's folder: refused, untouched.
-    other = tmp_path / "o"
-    other.mkdir()
-    (other / ".config.json.tmp1").write_text("x")
-    (other / "precious.txt").write_text("keep")
-    with pytest.raises(ConfigError, match="not a 'train' run folder"):
-        RunDir.open(other, TrainConfig(), "train")
-    assert sorted(p.name for p in other.iterdir()) == [".config.json.tmp1", "precious.txt"]
-    # Hidden files that merely look temporary are the user's, and a live writer's file is left to it.
-    for name, make in ((".notes.old", "dir"), (".thesis.tex.tmp", "file"), (f".config.json.tmp{os.getpid()}", "file")):
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    # A failure while writing the config leaves no run folder behind.
+    import squishednets.rundir as rundir
+
+    def boom(path, obj):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "atomic_write_json", boom)
+    with pytest.raises(KeyboardInterrupt):
+        RunDir.open(tmp_path / "s", TrainConfig(), "train")
+    assert not (tmp_path / "s").exists() and not (tmp_path / ".s.tmp").exists()
+    monkeypatch.undo()
+    # An empty folder the user made is started in place.
+    (tmp_path / "empty").mkdir()
+    assert not RunDir.open(tmp_path / "empty", TrainConfig(), "train").resumed
+    assert (tmp_path / "empty" / "config.json").is_file()
+    # Anything else in the folder is somebody's: refused and left untouched.
+    for name, make in ((".notes.old", "dir"), (".thesis.tex.tmp", "file"), (".config.json.tmp1", "file")):
         d = tmp_path / name.strip(".").replace(".", "_")
         d.mkdir()
         (d / name).mkdir() if make == "dir" else (d / name).write_text("keep")

@@ -71,7 +71,7 @@ def default_cache_dir() -> Path:
 def _local(root: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The data folder: ``root`` itself, or the local copy of a data set at a
     URL (``fetch``), kept in the same cache as the decoded images."""
-    return local_data(root, Path(cache_dir) if cache_dir else default_cache_dir())
+    return local_data(root, Path(cache_dir) if cache_dir is not None else default_cache_dir())
 
 
 @dataclass
@@ -164,9 +164,9 @@ def load_split(
     progress: bool = False,
 ) -> Split:
     """Load one split, decoding only when the cache is missing or stale."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = _local(root, cache_dir)
     classes, items = scan_split(root, split)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _cache_key(root, split, items, image_size, classes)
     npy, meta_path = cache_dir / f"{split}-{image_size}px-{key}.npy", cache_dir / f"{split}-{image_size}px-{key}.json"
     if npy.exists() and meta_path.exists():

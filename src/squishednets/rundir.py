@@ -13,7 +13,6 @@ folder can be moved and still resumes.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from .config import resume_diff, to_dict
 from .errors import ConfigError
-from .io import atomic_write_json, read_json_object
+from .io import atomic_dir, atomic_write_json, read_json_object
 
 __all__ = ["RunDir", "CONFIG_VERSION", "CONFIG_FILE"]
 
@@ -70,25 +69,23 @@ class RunDir:
                                   "use the same options to resume or choose a new folder")
             stages = old.get("stages", {})
         elif root.exists() and any(root.iterdir()):
-            # A kill -9 between creating the folder and renaming its first
-            # config.json into place leaves only that write's temporary file
-            # (io.atomic_write_file's ``.config.json.tmpPID``): the folder was
-            # never started, so it is started now. Anything else, or a writer
-            # still alive, is somebody's folder.
-            entries = list(root.iterdir())
-            if not all(_dead_config_tmp(f) for f in entries):
-                raise ConfigError(f"{root} exists and is not a '{kind}' run folder; choose a new folder")
-            for f in entries:
-                f.unlink()
+            raise ConfigError(f"{root} exists and is not a '{kind}' run folder; choose a new folder")
         rd = cls(root, kind, cfg, extra, stages, resumed)
-        root.mkdir(parents=True, exist_ok=True)
-        rd._write()
+        if resumed:
+            rd._write()
+        else:
+            # A new folder appears by one rename with its config.json inside,
+            # so a kill -9 while it is made never leaves a folder that is
+            # neither empty nor a run folder (the same command starts it again).
+            atomic_dir(root, lambda tmp: atomic_write_json(tmp / CONFIG_FILE, rd._doc()))
         return rd
 
+    def _doc(self) -> dict[str, Any]:
+        return {"config_version": CONFIG_VERSION, "kind": self.kind, "config": to_dict(self.config),
+                "extra": self.extra, "stages": self.stages}
+
     def _write(self) -> None:
-        atomic_write_json(self.root / CONFIG_FILE, {
-            "config_version": CONFIG_VERSION, "kind": self.kind, "config": to_dict(self.config),
-            "extra": self.extra, "stages": self.stages})
+        atomic_write_json(self.root / CONFIG_FILE, self._doc())
 
     def rel(self, path: str | Path) -> str:
         """``path`` relative to the run folder (stored so the folder can move)."""
@@ -104,23 +101,6 @@ class RunDir:
         """Record ``stage`` as finished with ``info`` (paths in it relative)."""
         self.stages[stage] = {**info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self._write()
-
-
-_CONFIG_TMP = re.compile(r"^\.config\.json\.tmp(\d+)$")
-
-
-def _dead_config_tmp(f: Path) -> bool:
-    """``f`` is a regular file left by an atomic write of config.json whose process is gone."""
-    m = _CONFIG_TMP.match(f.name)
-    if not m or f.is_symlink() or not f.is_file():
-        return False
-    try:
-        os.kill(int(m.group(1)), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):
-        return False  # PermissionError: a live process of another user
-    return False  # its writer is alive: it may still rename it into place
 
 
 def _read(f: Path) -> dict[str, Any]:
