@@ -14,7 +14,8 @@ networks are timed in ONNX Runtime at 64 px, batch 32, in interleaved rounds.
 
 Goal: at <= 0.49 MB the explored lineage's final network has a higher mean
 test top-1 than the v1.1 lineage's, or more ORT images/s at equal top-1 (within
-one run's held-out noise). Writes results/explore_goal.json.
+one run's held-out noise). Writes results/explore_goal.json after every seed
+(``complete`` says whether all the planned seeds are in); rerun to resume.
 
     python benchmarks/explore_goal.py --seeds 0,1 --v11-runs runs/peers --runs-dir runs/explore_goal
 """
@@ -28,7 +29,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import ANCESTOR_EPOCHS, GENERATION_EPOCHS, RESULTS, lineage, write_result
+from common import ANCESTOR_EPOCHS, GENERATION_EPOCHS, RESULTS, lineage, stats, write_result
 
 from squishednets.bench import BenchConfig, bench_model, gemm_ceiling
 from squishednets.checkpoint import load_checkpoint
@@ -67,6 +68,14 @@ def main() -> None:
     per_seed = []
     ceiling = None
     for s in seeds:
+        # Each seed's comparison is kept in its folder, and the JSON is
+        # rewritten after every seed: a session that ends mid-way keeps the
+        # seeds it finished, and the next run picks up from the first missing one.
+        done = runs / f"seed{s}" / "goal.json"
+        if done.is_file():
+            per_seed.append(json.loads(done.read_text()))
+            print(per_seed[-1], flush=True)
+            continue
         recipe = (a.ancestor_epochs, a.generation_epochs, a.threads)
         v11 = lineage(s, Path(a.v11_runs) / f"seed{s}", *recipe)
         lin = lineage(s, runs / f"seed{s}", *recipe, model=str(gpath.resolve()))
@@ -89,7 +98,13 @@ def main() -> None:
                          "ort_64px_speed_ratio": {"median": statistics.median(ratios), "min": min(ratios),
                                                   "max": max(ratios)},
                          "machine_busy": any(busy), "heldout_images": held_n})
+        atomic_write_text(done, json.dumps(per_seed[-1], indent=2))
         print(per_seed[-1], flush=True)
+        summarize(a, design, seeds, per_seed)
+
+
+def summarize(a: argparse.Namespace, design: dict, planned: list[int], per_seed: list[dict]) -> None:
+    """Write results/explore_goal.json over the seeds finished so far."""
     mean = lambda k, side: statistics.mean(p[side][k] for p in per_seed)  # noqa: E731
     noise = math.sqrt(0.8 * 0.2 / per_seed[0]["heldout_images"])
     better_top1 = mean("test_top1", "explored") > mean("test_top1", "v11")
@@ -97,13 +112,15 @@ def main() -> None:
     faster = statistics.mean(p["ort_64px_speed_ratio"]["median"] for p in per_seed) > 1
     write_result("explore_goal", {
         "design": {k: design[k] for k in ("name", "design", "genome", "size_mb", "macs", "heldout_top1", "test_top1")},
-        "rule": "the best dense design meeting the constraints by held-out top-1", "seeds": seeds,
+        "rule": "the best dense design meeting the constraints by held-out top-1",
+        "seeds": [p["seed"] for p in per_seed], "seeds_planned": planned,
+        "complete": len(per_seed) == len(planned),
         "ancestor_epochs": a.ancestor_epochs, "generation_epochs": a.generation_epochs, "image_size": 64,
         "per_seed": per_seed, "noise_sd": noise,
+        "test_top1": {side: stats([p[side]["test_top1"] for p in per_seed]) for side in ("explored", "v11")},
         "goal_met": max(p["explored"]["size_mb"] for p in per_seed) <= 0.49 and (better_top1 or (equal_top1 and faster)),
         "goal": "at <= 0.49 MB, higher mean test top-1 than the squished v1.1 lineage, or more ORT images/s at "
                 "equal top-1 (within one run's held-out noise)"})
-
 
 if __name__ == "__main__":
     main()
