@@ -65,6 +65,16 @@ def main() -> None:
     if not gpath.is_file():
         atomic_write_text(gpath, json.dumps(design["genome"], indent=2))
     print(f"design {design['name']}: held-out {design['heldout_top1']:.4f} at {design['size_mb']:.3f} MB", flush=True)
+    # A committed result for the same design and recipe counts its seeds as
+    # done: the run folders live outside the repository and may be gone (a new
+    # machine), and a finished seed is never trained twice.
+    prior = {}
+    committed = RESULTS / "explore_goal.json"
+    if committed.is_file():
+        old = json.loads(committed.read_text())
+        if (old["design"]["name"], old["ancestor_epochs"], old["generation_epochs"]) == \
+                (design["name"], a.ancestor_epochs, a.generation_epochs):
+            prior = {p["seed"]: p for p in old["per_seed"]}
     per_seed = []
     ceiling = None
     for s in seeds:
@@ -72,6 +82,8 @@ def main() -> None:
         # rewritten after every seed: a session that ends mid-way keeps the
         # seeds it finished, and the next run picks up from the first missing one.
         done = runs / f"seed{s}" / "goal.json"
+        if not done.is_file() and s in prior:
+            atomic_write_text(done, json.dumps(prior[s], indent=2))
         if done.is_file():
             per_seed.append(json.loads(done.read_text()))
             print(per_seed[-1], flush=True)
