@@ -12,10 +12,13 @@ run's held-out noise (the binomial sd of one generation's held-out top-1).
 Writes results/distill_probe.json.
 
 Default: the whole default evolution with ``--distill ancestor`` from each
-seed's ancestor (``--seeds``), then results/distill.json with test top-1 per
-generation with and without distillation, and the goal: the smallest
-generation (<= 0.49 MB) loses at most 0.5 points of test top-1 to its
-ancestor, mean over seeds. Every run resumes.
+seed's ancestor (``--seeds``; the ancestor and the plain lineage are
+``benchmarks/seeds.py``'s in ``--seed-runs``, trained there when missing),
+then results/distill.json with test top-1 per generation with and without
+distillation, and the goal: the smallest generation (<= 0.49 MB) loses at
+most 0.5 points of test top-1 to its ancestor, mean over seeds. Each seed is
+committed as results/distill_parts/seed{S}.json when done; a later run skips
+the committed seeds, so the benchmark can span sessions on new machines.
 
     python benchmarks/distill.py --probe --seed-runs runs/seeds --runs-dir runs/distill
     python benchmarks/distill.py --seeds 0,1 --seed-runs runs/seeds --runs-dir runs/distill
@@ -25,13 +28,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
-from common import stats, write_result
+from common import RESULTS, stats, write_result
+from seeds import train_and_evolve
 
+from squishednets.checkpoint import weights_digest
 from squishednets.evolve import evolve
 from squishednets.pipeline import RunConfig
 from squishednets.records import Lineage
@@ -93,31 +99,67 @@ def probe(seed_runs: Path, runs: Path, gens: int, threads: int | None) -> None:
         "chosen": {"temperature": chosen["temperature"], "weight": chosen["weight"]}})
 
 
+def part_path(seed: int) -> Path:
+    return RESULTS / "distill_parts" / f"seed{seed}.json"
+
+
+def one_seed(s: int, seed_runs: Path, runs: Path, t: float, w: float, threads: int | None) -> dict:
+    """Seed ``s``: the default ancestor and plain lineage (``benchmarks/seeds.py``'s,
+    trained here when missing), then the distilled lineage from the same ancestor."""
+    root = seed_runs / f"seed{s}"
+    if not (root / "evolve" / "lineage.json").is_file():
+        train_and_evolve(s, root)
+    plain = Lineage.load(root / "evolve")
+    lin = _distilled(root / "ancestor" / "model", runs / f"seed{s}", s, t, w, threads)
+    anc, last = lin.generations[0], lin.generations[-1]
+    return {
+        "seed": s, "temperature": t, "weight": w,
+        "generations": [{"generation": a.generation, "size_mb": a.size_mb, "test_top1_distill": a.test_top1,
+                         "test_top1_plain": b.test_top1, "heldout_top1_distill": a.heldout_top1,
+                         "heldout_top1_plain": b.heldout_top1, "size_mb_plain": b.size_mb}
+                        for a, b in zip(lin.generations, plain.generations)],
+        "ancestor_weights": weights_digest(root / "evolve" / plain.generations[0].path),
+        "final_size_mb": last.size_mb,
+        "final_drop_points_distill": (anc.test_top1 - last.test_top1) * 100,
+        "final_drop_points_plain": (anc.test_top1 - plain.generations[-1].test_top1) * 100,
+    }
+
+
 def lineages(seeds: list[int], seed_runs: Path, runs: Path, t: float, w: float, threads: int | None) -> None:
+    """Every seed is committed as results/distill_parts/seed{S}.json when done
+    (one seed takes about 1.5 hours of both cores, and run folders do not
+    outlive the machine); results/distill.json is rewritten after each seed
+    over the seeds done so far, ``complete`` saying whether all are in."""
     per_seed = []
     for s in seeds:
-        lin = _distilled(seed_runs / f"seed{s}" / "ancestor" / "model", runs / f"seed{s}", s, t, w, threads)
-        plain = Lineage.load(seed_runs / f"seed{s}" / "evolve")
-        anc, last = lin.generations[0], lin.generations[-1]
-        per_seed.append({
-            "seed": s,
-            "generations": [{"generation": a.generation, "size_mb": a.size_mb, "test_top1_distill": a.test_top1,
-                             "test_top1_plain": b.test_top1, "heldout_top1_distill": a.heldout_top1,
-                             "heldout_top1_plain": b.heldout_top1, "size_mb_plain": b.size_mb}
-                            for a, b in zip(lin.generations, plain.generations)],
-            "final_size_mb": last.size_mb,
-            "final_drop_points_distill": (anc.test_top1 - last.test_top1) * 100,
-            "final_drop_points_plain": (anc.test_top1 - plain.generations[-1].test_top1) * 100,
-        })
-        print({k: v for k, v in per_seed[-1].items() if k != "generations"}, flush=True)
-    drop = [p["final_drop_points_distill"] for p in per_seed]
-    write_result("distill", {
-        "seeds": seeds, "teacher": "ancestor", "temperature": t, "weight": w, "selected_by": "heldout",
-        "test_split": "val", "per_seed": per_seed,
-        "summary": {"final_drop_points_distill": stats(drop),
-                    "final_drop_points_plain": stats([p["final_drop_points_plain"] for p in per_seed]),
-                    "goal_final_le_0.49mb_drop_le_0.5": max(p["final_size_mb"] for p in per_seed) <= 0.49
-                    and statistics.mean(drop) <= 0.5}})
+        path = part_path(s)
+        if path.is_file():
+            p = json.loads(path.read_text())
+            if (p["temperature"], p["weight"]) != (t, w):
+                sys.exit(f"error: {path} was measured with T = {p['temperature']}, w = {p['weight']}; delete it "
+                         f"to measure seed {s} with T = {t}, w = {w}")
+        else:
+            p = one_seed(s, seed_runs, runs, t, w, threads)
+            write_result(f"distill_parts/seed{s}", p)
+        per_seed.append(p)
+        print({k: v for k, v in p.items() if k not in ("generations", "command", "machine", "cpu_flags")}, flush=True)
+        drop = [p["final_drop_points_distill"] for p in per_seed]
+        gens = range(len(per_seed[0]["generations"]))
+        write_result("distill", {
+            "seeds": [p["seed"] for p in per_seed], "seeds_planned": seeds, "complete": len(per_seed) == len(seeds),
+            "teacher": "ancestor", "temperature": t, "weight": w, "selected_by": "heldout",
+            "test_split": "val", "per_seed": per_seed,
+            "per_generation": [{"generation": g, "size_mb": stats([p["generations"][g]["size_mb"] for p in per_seed]),
+                                "test_top1_distill": stats([p["generations"][g]["test_top1_distill"]
+                                                            for p in per_seed]),
+                                "test_top1_plain": stats([p["generations"][g]["test_top1_plain"] for p in per_seed])}
+                               for g in gens],
+            "summary": {"final_drop_points_distill": stats(drop),
+                        "final_drop_points_plain": stats([p["final_drop_points_plain"] for p in per_seed]),
+                        "goal_final_le_0.49mb_drop_le_0.5": max(p["final_size_mb"] for p in per_seed) <= 0.49
+                        and statistics.mean(drop) <= 0.5},
+            "goal": "the smallest generation (<= 0.49 MB) loses at most 0.5 points of test top-1 to its ancestor, "
+                    "mean over seeds"})
 
 
 def main() -> None:

@@ -4,20 +4,31 @@ For each seed: a short version of the main job (``RunConfig()`` with the
 ancestor trained ``--ancestor-epochs`` and each of the 15 generations
 ``--generation-epochs``; the default run's 60 and 12 would take the peers
 trained from scratch about 15 hours per seed on 2 cores), then ``squishednets
-compare`` on it with every method. The budgets stay matched inside each seed:
-a network trained from scratch gets the epochs the lineage spent to reach its
-size. Every step resumes.
+compare`` on it, one method at a time. The budgets stay matched inside each
+seed: a network trained from scratch gets the epochs the lineage spent to reach
+its size.
 
-``--summarize`` writes results/peers.json: per method, per target generation,
-per seed: size_mb, macs, heldout_top1, test_top1, ort_b32_img_s at 64 px (and
-224 px), train_wall_s, epochs, and the Torch-Pruning version; means and sd
-over seeds per method and target; and the goal: at every matched size the
-better of evolution and evolution_distill has a higher mean test top-1 than
-every peer at equal or fewer total epochs (the variant chosen on held-out
-top-1, judged on test top-1).
+One seed takes about 3.5 hours of both cores, more than one working session
+here, and run folders do not outlive the machine. So each (seed, method) is a
+part of its own, committed as results/peers_parts/seed{S}_{METHOD}.json as soon
+as it is done: its rows, the ancestor timed in the same ONNX Runtime pass
+(``ort_speedup_64px`` is a ratio from one pass, comparable across parts timed
+on other days), and the lineage's fingerprint (weights digests of the
+ancestor and every matched generation). A later run skips the committed parts;
+on a new machine it trains the seed's lineage again (deterministic on the CPU
+for a given seed, which the fingerprint checks) and refuses to mix parts
+measured on another lineage.
 
-    python benchmarks/peers.py --seeds 0,1 --runs-dir runs/peers
-    python benchmarks/peers.py --seeds 0,1 --runs-dir runs/peers --summarize
+``--summarize`` writes results/peers.json from the parts: per method, per
+target generation, per seed: size_mb, macs, heldout_top1, test_top1,
+ort_b32_img_s at 64 px (and 224 px), train_wall_s, epochs, and the
+Torch-Pruning version; means and sd over seeds per method and target; and the
+goal: at every matched size the better of evolution and evolution_distill has a
+higher mean test top-1 than every peer at equal or fewer total epochs (the
+variant chosen on held-out top-1, judged on test top-1).
+
+    python benchmarks/peers.py --seeds 0,1 --runs-dir runs/peers [--methods torch_pruning,...]
+    python benchmarks/peers.py --seeds 0,1 --summarize
 """
 
 from __future__ import annotations
@@ -27,32 +38,86 @@ import json
 import sys
 from pathlib import Path
 
-from common import ANCESTOR_EPOCHS, GENERATION_EPOCHS, lineage, stats, write_result
+from common import ANCESTOR_EPOCHS, GENERATION_EPOCHS, RESULTS, lineage, stats, write_result
 
-from squishednets.compare import METHODS, CompareConfig, compare, goal
-from squishednets.report import compare_dir
+from squishednets.checkpoint import weights_digest
+from squishednets.compare import METHODS, CompareConfig, compare, goal, targets_of
 
-
-def run_compare(root: Path, threads: int | None) -> dict:
-    doc = compare(root / "evolve", CompareConfig(threads=threads), progress=sys.stderr.isatty(),
-                  say=lambda s: print(s, flush=True))
-    return doc
+PARTS = "peers_parts"
 
 
-def summarize(seeds: list[int], runs_dir: Path, anc_epochs: int, gen_epochs: int) -> None:
-    rows, versions, targets, splits = [], set(), {}, set()
+def part_path(seed: int, method: str) -> Path:
+    return RESULTS / PARTS / f"seed{seed}_{method}.json"
+
+
+def fingerprint(evolve_dir: Path, lin) -> dict:
+    """What makes two lineages the same: the weights of the ancestor and of
+    every generation a peer is matched to (and so their sizes)."""
+    gens = [lin.generations[0], *targets_of(lin)]
+    return {"weights": {str(e.generation): weights_digest(evolve_dir / e.path) for e in gens},
+            "params": {str(e.generation): e.params for e in gens}}
+
+
+def run_part(seed: int, method: str, root: Path, lin, fp: dict, threads: int | None) -> None:
+    """``compare`` with one method, then its rows committed as a part."""
+    doc = compare(root / "evolve", CompareConfig(methods=(method,), threads=threads),
+                  progress=sys.stderr.isatty(), say=lambda s: print(s, flush=True))
+    anc = doc["ancestor"]
+    rows = [{**r, "ort_speedup_64px": r["ort_b32_img_s_64px"] / anc["ort_b32_img_s_64px"]} for r in doc["rows"]]
+    write_result(f"{PARTS}/seed{seed}_{method}", {
+        "seed": seed, "method": method, "fingerprint": fp, "torch_pruning_version": doc["torch_pruning_version"],
+        "test_split": doc["test_split"], "targets": doc["targets"], "ancestor": anc, "rows": rows,
+        "timing": doc["timing"], "notes": doc["notes"], "errors": doc["errors"],
+        "lineage": {"ancestor_test_top1": lin.generations[0].test_top1,
+                    "final_size_mb": lin.generations[-1].size_mb, "final_test_top1": lin.generations[-1].test_top1}})
+    print(f"seed {seed} {method}: {len(rows)} rows -> {part_path(seed, method)}", flush=True)
+
+
+def run(seeds: list[int], methods: list[str], runs_dir: Path, anc_epochs: int, gen_epochs: int,
+        threads: int | None) -> None:
     for s in seeds:
-        doc = json.loads((compare_dir(runs_dir / f"seed{s}" / "evolve") / "compare.json").read_text())
-        versions.add(doc["torch_pruning_version"])
-        splits.add(doc["test_split"])
-        targets[s] = [t["generation"] for t in doc["targets"]]
-        for r in doc["rows"]:
-            rows.append({"run_seed": s, "method": r["method"], "seed": r["seed"], "generation": r["generation"],
-                         "target_size_mb": r["target_size_mb"], "size_mb": r["size_mb"], "macs": r["macs"],
-                         "heldout_top1": r["heldout_top1"], "test_top1": r["test_top1"],
-                         "ort_b32_img_s": r["ort_b32_img_s_64px"], "ort_b32_img_s_224px": r["ort_b32_img_s_224px"],
-                         "train_wall_s": r["train_wall_s"], "epochs": r["epochs"],
-                         "within_tolerance": r["within_tolerance"]})
+        todo = [m for m in methods if not part_path(s, m).is_file()]
+        if not todo:
+            print(f"seed {s}: every part is committed", flush=True)
+            continue
+        root = runs_dir / f"seed{s}"
+        lin = lineage(s, root, anc_epochs, gen_epochs, threads)
+        fp = fingerprint(root / "evolve", lin)
+        for m in methods:
+            if part_path(s, m).is_file():
+                old = json.loads(part_path(s, m).read_text())["fingerprint"]
+                if old != fp:
+                    sys.exit(f"error: {part_path(s, m)} was measured on another seed-{s} lineage than {root} "
+                             f"holds (weights differ); delete the seed's parts to measure them all on this one")
+        for m in todo:
+            run_part(s, m, root, lin, fp, threads)
+
+
+def summarize(seeds: list[int], anc_epochs: int, gen_epochs: int) -> None:
+    rows, versions, targets, splits, timing, notes, errors = [], set(), {}, set(), [], [], {}
+    missing = [str(part_path(s, m)) for s in seeds for m in METHODS if not part_path(s, m).is_file()]
+    if missing:
+        sys.exit(f"error: {len(missing)} parts are not measured yet ({', '.join(missing)}); run this script "
+                 "without --summarize first")
+    for s in seeds:
+        parts = [json.loads(part_path(s, m).read_text()) for m in METHODS]
+        if any(p["fingerprint"] != parts[0]["fingerprint"] for p in parts):
+            sys.exit(f"error: seed {s}'s parts were measured on different lineages; delete them and run again")
+        targets[s] = [t["generation"] for t in parts[0]["targets"]]
+        for p in parts:
+            versions.add(p["torch_pruning_version"])
+            splits.add(p["test_split"])
+            notes = list(dict.fromkeys(notes + p["notes"]))  # the per-network ones name their seed
+            errors.update({f"seed {s} {k}": v for k, v in p["errors"].items()})
+            timing.append({"seed": s, "method": p["method"], "date": p["date"], **p["timing"]})
+            for r in p["rows"]:
+                rows.append({"run_seed": s, "method": r["method"], "seed": r["seed"], "generation": r["generation"],
+                             "target_size_mb": r["target_size_mb"], "size_mb": r["size_mb"], "macs": r["macs"],
+                             "heldout_top1": r["heldout_top1"], "test_top1": r["test_top1"],
+                             "ort_b32_img_s": r["ort_b32_img_s_64px"], "ort_b32_img_s_224px": r["ort_b32_img_s_224px"],
+                             "ort_speedup_64px": r["ort_speedup_64px"], "train_wall_s": r["train_wall_s"],
+                             "epochs": r["epochs"], "within_tolerance": r["within_tolerance"],
+                             "unpruned_layers": r.get("unpruned_layers", [])})
     # Targets are matched by rank (SquishedNet-1..4, then the last generation): seeds may choose other generations.
     by: dict[str, dict[int, list[dict]]] = {}
     for r in rows:
@@ -62,6 +127,8 @@ def summarize(seeds: list[int], runs_dir: Path, anc_epochs: int, gen_epochs: int
                             "test_top1": stats([r["test_top1"] for r in v]),
                             "heldout_top1": stats([r["heldout_top1"] for r in v]),
                             "ort_b32_img_s": stats([r["ort_b32_img_s"] for r in v]),
+                            "ort_speedup_64px": stats([r["ort_speedup_64px"] for r in v]),
+                            "train_wall_s": stats([r["train_wall_s"] for r in v]),
                             "epochs": max(r["epochs"] for r in v),
                             "all_within_tolerance": all(r["within_tolerance"] for r in v)}
                     for k, v in sorted(ranks.items())}
@@ -72,12 +139,16 @@ def summarize(seeds: list[int], runs_dir: Path, anc_epochs: int, gen_epochs: int
         "ancestor_epochs": anc_epochs, "generation_epochs": gen_epochs, "image_size": 64, "selected_by": "heldout",
         "test_split": sorted(splits), "targets": {str(s): t for s, t in targets.items()}, "rows": rows,
         "summary": summary, "goal_per_target": verdict["per_generation"], "goal_met": verdict["met"],
-        "goal": verdict["rule"], "targets_matched_by": "rank: SquishedNet-1..4 (held-out), then the last generation"})
+        "goal": verdict["rule"], "targets_matched_by": "rank: SquishedNet-1..4 (held-out), then the last generation",
+        "timing": timing, "notes": notes, "errors": errors,
+        "speed_note": "ort_b32_img_s comes from each part's own ONNX Runtime pass (parts may be timed on other "
+                      "days); ort_speedup_64px divides it by the ancestor's figure from the same pass"})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, some of " + ",".join(METHODS))
     ap.add_argument("--runs-dir", default="runs/peers")
     ap.add_argument("--ancestor-epochs", type=int, default=ANCESTOR_EPOCHS)
     ap.add_argument("--generation-epochs", type=int, default=GENERATION_EPOCHS)
@@ -85,13 +156,13 @@ def main() -> None:
     ap.add_argument("--summarize", action="store_true")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
+    methods = [m for m in a.methods.split(",") if m]
+    if not methods or set(methods) - set(METHODS):
+        ap.error(f"--methods must be some of {','.join(METHODS)}, got {a.methods}")
     if a.summarize:
-        summarize(seeds, Path(a.runs_dir), a.ancestor_epochs, a.generation_epochs)
-        return
-    for s in seeds:
-        root = Path(a.runs_dir) / f"seed{s}"
-        lineage(s, root, a.ancestor_epochs, a.generation_epochs, a.threads)
-        run_compare(root, a.threads)
+        summarize(seeds, a.ancestor_epochs, a.generation_epochs)
+    else:
+        run(seeds, methods, Path(a.runs_dir), a.ancestor_epochs, a.generation_epochs, a.threads)
 
 
 if __name__ == "__main__":
