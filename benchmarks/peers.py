@@ -35,6 +35,7 @@ higher mean test top-1 than every peer at equal or fewer total epochs (the
 variant chosen on held-out top-1, judged on test top-1).
 
     python benchmarks/peers.py --seeds 0,1 --runs-dir runs/peers [--methods torch_pruning,...]
+    python benchmarks/peers.py --seeds 0,1 --runs-dir runs/peers --retime   # on a quiet machine
     python benchmarks/peers.py --seeds 0,1 --summarize
 """
 
@@ -49,6 +50,8 @@ from common import ANCESTOR_EPOCHS, GENERATION_EPOCHS, RESULTS, lineage, stats, 
 
 from squishednets.checkpoint import weights_digest
 from squishednets.compare import METHODS, CompareConfig, compare, goal, targets_of
+from squishednets.records import Lineage
+from squishednets.report import compare_dir
 
 PARTS = "peers_parts"
 
@@ -99,6 +102,30 @@ def run(seeds: list[int], methods: list[str], runs_dir: Path, anc_epochs: int, g
                              f"holds (weights differ); delete the seed's parts to measure them all on this one")
         for m in todo:
             run_part(s, m, root, lin, fp, generations, threads)
+
+
+def retime(seeds: list[int], methods: list[str], runs_dir: Path, generations: tuple[int, ...]) -> None:
+    """Time again the committed parts whose ONNX Runtime pass found the machine
+    busy (parts trained side by side), where their networks are still in
+    ``runs_dir``: nothing trains, the part is rewritten with the new pass."""
+    for s in seeds:
+        root = runs_dir / f"seed{s}"
+        cdir = compare_dir(root / "evolve")
+        for m in methods:
+            path = part_path(s, m)
+            if not path.is_file() or not json.loads(path.read_text())["timing"]["machine_busy"]:
+                continue
+            part = json.loads(path.read_text())
+            nets = [cdir / m / f"seed_{r['seed']}" / f"gen_{r['generation']:02d}" / "result.json" for r in part["rows"]]
+            if not (root / "evolve" / "lineage.json").is_file() or not all(n.is_file() for n in nets):
+                print(f"seed {s} {m}: timed while busy, and its networks are not in {cdir}; left as it is", flush=True)
+                continue
+            lin = Lineage.load(root / "evolve")
+            fp = fingerprint(root / "evolve", lin, generations)
+            if fp != part["fingerprint"]:
+                sys.exit(f"error: {path} was measured on another seed-{s} lineage than {root} holds; not retimed")
+            (cdir / "timing.json").unlink(missing_ok=True)  # a cache keyed by the networks, not by the machine's load
+            run_part(s, m, root, lin, fp, generations, None)
 
 
 def summarize(seeds: list[int], anc_epochs: int, gen_epochs: int) -> None:
@@ -164,16 +191,20 @@ def main() -> None:
                     help="the lineage's generations whose sizes the peers match (see the module docstring)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--summarize", action="store_true")
+    ap.add_argument("--retime", action="store_true",
+                    help="time again the parts timed on a busy machine whose networks are still in --runs-dir")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     methods = [m for m in a.methods.split(",") if m]
     if not methods or set(methods) - set(METHODS):
         ap.error(f"--methods must be some of {','.join(METHODS)}, got {a.methods}")
+    generations = tuple(int(g) for g in a.generations.split(","))
     if a.summarize:
         summarize(seeds, a.ancestor_epochs, a.generation_epochs)
+    elif a.retime:
+        retime(seeds, methods, Path(a.runs_dir), generations)
     else:
-        run(seeds, methods, Path(a.runs_dir), a.ancestor_epochs, a.generation_epochs,
-            tuple(int(g) for g in a.generations.split(",")), a.threads)
+        run(seeds, methods, Path(a.runs_dir), a.ancestor_epochs, a.generation_epochs, generations, a.threads)
 
 
 if __name__ == "__main__":
