@@ -92,7 +92,10 @@ def run(seeds: list[int], methods: list[str], runs_dir: Path, anc_epochs: int, g
             print(f"seed {s}: every part is committed", flush=True)
             continue
         root = runs_dir / f"seed{s}"
-        lin = lineage(s, root, anc_epochs, gen_epochs, threads)
+        # The lineage always trains on every core, whatever --threads says: the
+        # parts of other sessions were matched to it, and a reduction split
+        # over another thread count need not give the same bits.
+        lin = lineage(s, root, anc_epochs, gen_epochs, None)
         fp = fingerprint(root / "evolve", lin, generations)
         for m in methods:
             if part_path(s, m).is_file():
