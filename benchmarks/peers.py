@@ -54,6 +54,10 @@ from squishednets.records import Lineage
 from squishednets.report import compare_dir
 
 PARTS = "peers_parts"
+# The lineage's training threads, fixed so that a later session (any --threads)
+# retrains the very weights the committed parts were matched to. 2: the cores
+# of the machines this benchmark has run on, and what trained the existing parts.
+LINEAGE_THREADS = 2
 
 
 def part_path(seed: int, method: str) -> Path:
@@ -68,15 +72,20 @@ def fingerprint(evolve_dir: Path, lin, generations: tuple[int, ...]) -> dict:
             "params": {str(e.generation): e.params for e in gens}}
 
 
-def run_part(seed: int, method: str, root: Path, lin, fp: dict, generations: tuple[int, ...],
-             threads: int | None) -> None:
-    """``compare`` with one method, then its rows committed as a part."""
-    doc = compare(root / "evolve", CompareConfig(methods=(method,), generations=generations, threads=threads),
+def run_part(seed: int, method: str, root: Path, lin, fp: dict, recipe: dict, threads: int | None,
+             expect_weights: list[str] | None = None) -> None:
+    """``compare`` with one method, then its rows committed as a part
+    (with ``expect_weights``, only if its networks are those)."""
+    doc = compare(root / "evolve", CompareConfig(methods=(method,), generations=tuple(recipe["generations"]),
+                                                 threads=threads),
                   progress=sys.stderr.isatty(), say=lambda s: print(s, flush=True))
     anc = doc["ancestor"]
     rows = [{**r, "ort_speedup_64px": r["ort_b32_img_s_64px"] / anc["ort_b32_img_s_64px"]} for r in doc["rows"]]
+    if expect_weights is not None and [r["weights"] for r in rows] != expect_weights:
+        sys.exit(f"error: the networks of {part_path(seed, method)} are not those in {root}; not rewritten")
     write_result(f"{PARTS}/seed{seed}_{method}", {
-        "seed": seed, "method": method, "fingerprint": fp, "torch_pruning_version": doc["torch_pruning_version"],
+        "seed": seed, "method": method, "recipe": recipe, "fingerprint": fp,
+        "torch_pruning_version": doc["torch_pruning_version"],
         "test_split": doc["test_split"], "targets": doc["targets"], "ancestor": anc, "rows": rows,
         "timing": doc["timing"], "notes": doc["notes"], "errors": doc["errors"],
         "lineage": {"ancestor_test_top1": lin.generations[0].test_top1,
@@ -84,30 +93,38 @@ def run_part(seed: int, method: str, root: Path, lin, fp: dict, generations: tup
     print(f"seed {seed} {method}: {len(rows)} rows -> {part_path(seed, method)}", flush=True)
 
 
-def run(seeds: list[int], methods: list[str], runs_dir: Path, anc_epochs: int, gen_epochs: int,
-        generations: tuple[int, ...], threads: int | None) -> None:
+def _check(s: int, root: Path, fp: dict, recipe: dict) -> None:
+    """Every committed part of seed ``s`` (any method) was measured on this lineage and recipe."""
+    for m in METHODS:
+        path = part_path(s, m)
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old["recipe"] != recipe:
+                sys.exit(f"error: {path} was measured with {old['recipe']}, this run asks for {recipe}; use its "
+                         "options or delete the seed's parts")
+            if old["fingerprint"] != fp:
+                sys.exit(f"error: {path} was measured on another seed-{s} lineage than {root} holds (weights "
+                         "differ); delete the seed's parts to measure them all on this one")
+
+
+def run(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict, threads: int | None) -> None:
     for s in seeds:
         todo = [m for m in methods if not part_path(s, m).is_file()]
         if not todo:
             print(f"seed {s}: every part is committed", flush=True)
             continue
         root = runs_dir / f"seed{s}"
-        # The lineage always trains on every core, whatever --threads says: the
-        # parts of other sessions were matched to it, and a reduction split
-        # over another thread count need not give the same bits.
-        lin = lineage(s, root, anc_epochs, gen_epochs, None)
-        fp = fingerprint(root / "evolve", lin, generations)
-        for m in methods:
-            if part_path(s, m).is_file():
-                old = json.loads(part_path(s, m).read_text())["fingerprint"]
-                if old != fp:
-                    sys.exit(f"error: {part_path(s, m)} was measured on another seed-{s} lineage than {root} "
-                             f"holds (weights differ); delete the seed's parts to measure them all on this one")
+        # The lineage always trains on LINEAGE_THREADS, whatever --threads
+        # says: the parts of other sessions were matched to its weights, and a
+        # reduction split over another thread count need not give the same bits.
+        lin = lineage(s, root, recipe["ancestor_epochs"], recipe["generation_epochs"], recipe["lineage_threads"])
+        fp = fingerprint(root / "evolve", lin, tuple(recipe["generations"]))
+        _check(s, root, fp, recipe)
         for m in todo:
-            run_part(s, m, root, lin, fp, generations, threads)
+            run_part(s, m, root, lin, fp, recipe, threads)
 
 
-def retime(seeds: list[int], methods: list[str], runs_dir: Path, generations: tuple[int, ...]) -> None:
+def retime(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict) -> None:
     """Time again the committed parts whose ONNX Runtime pass found the machine
     busy (parts trained side by side), where their networks are still in
     ``runs_dir``: nothing trains, the part is rewritten with the new pass."""
@@ -124,23 +141,24 @@ def retime(seeds: list[int], methods: list[str], runs_dir: Path, generations: tu
                 print(f"seed {s} {m}: timed while busy, and its networks are not in {cdir}; left as it is", flush=True)
                 continue
             lin = Lineage.load(root / "evolve")
-            fp = fingerprint(root / "evolve", lin, generations)
-            if fp != part["fingerprint"]:
-                sys.exit(f"error: {path} was measured on another seed-{s} lineage than {root} holds; not retimed")
+            fp = fingerprint(root / "evolve", lin, tuple(recipe["generations"]))
+            _check(s, root, fp, recipe)
             (cdir / "timing.json").unlink(missing_ok=True)  # a cache keyed by the networks, not by the machine's load
-            run_part(s, m, root, lin, fp, generations, None)
+            run_part(s, m, root, lin, fp, recipe, None, expect_weights=[r["weights"] for r in part["rows"]])
 
 
-def summarize(seeds: list[int], anc_epochs: int, gen_epochs: int) -> None:
+def summarize(seeds: list[int]) -> None:
     rows, versions, targets, splits, timing, notes, errors = [], set(), {}, set(), [], [], {}
     missing = [str(part_path(s, m)) for s in seeds for m in METHODS if not part_path(s, m).is_file()]
     if missing:
         sys.exit(f"error: {len(missing)} parts are not measured yet ({', '.join(missing)}); run this script "
                  "without --summarize first")
+    recipes = []
     for s in seeds:
         parts = [json.loads(part_path(s, m).read_text()) for m in METHODS]
         if any(p["fingerprint"] != parts[0]["fingerprint"] for p in parts):
             sys.exit(f"error: seed {s}'s parts were measured on different lineages; delete them and run again")
+        recipes += [p["recipe"] for p in parts]
         targets[s] = [t["generation"] for t in parts[0]["targets"]]
         for p in parts:
             versions.add(p["torch_pruning_version"])
@@ -156,7 +174,11 @@ def summarize(seeds: list[int], anc_epochs: int, gen_epochs: int) -> None:
                              "ort_speedup_64px": r["ort_speedup_64px"], "train_wall_s": r["train_wall_s"],
                              "epochs": r["epochs"], "within_tolerance": r["within_tolerance"],
                              "unpruned_layers": r.get("unpruned_layers", [])})
-    # Targets are matched by rank (the same generations on every seed unless --generations changed between parts).
+    if any(r != recipes[0] for r in recipes):
+        sys.exit("error: the parts were measured with different recipes (epochs, generations or lineage threads); "
+                 "delete the odd ones and run again")
+    # Targets are matched by rank: every part has the same --generations, and
+    # the ranks stay right if a lineage ever has fewer generations.
     by: dict[str, dict[int, list[dict]]] = {}
     for r in rows:
         rank = targets[r["run_seed"]].index(r["generation"])
@@ -172,11 +194,16 @@ def summarize(seeds: list[int], anc_epochs: int, gen_epochs: int) -> None:
                     for k, v in sorted(ranks.items())}
                for m, ranks in by.items()}
     verdict = goal(summary, sorted({k for ranks in summary.values() for k in ranks}, key=int))
+    # A method that failed on a seed (no rows) must not drop out of the verdict.
+    full = not errors and all(len(summary.get(m, {})) == len(recipes[0]["generations"])
+                              and all(v["test_top1"]["n"] == len(seeds) for v in summary[m].values())
+                              for m in METHODS)
     write_result("peers", {
         "seeds": seeds, "methods": list(METHODS), "torch_pruning_version": sorted(v for v in versions if v),
-        "ancestor_epochs": anc_epochs, "generation_epochs": gen_epochs, "image_size": 64, "selected_by": "heldout",
+        **recipes[0], "image_size": 64, "selected_by": "heldout",
         "test_split": sorted(splits), "targets": {str(s): t for s, t in targets.items()}, "rows": rows,
-        "summary": summary, "goal_per_target": verdict["per_generation"], "goal_met": verdict["met"],
+        "summary": summary, "goal_per_target": verdict["per_generation"], "goal_met": verdict["met"] and full,
+        "every_method_on_every_seed_and_size": full,
         "goal": verdict["rule"], "targets_matched_by": "rank of the --generations list (generation numbers per seed in targets)",
         "timing": timing, "notes": notes, "errors": errors,
         "speed_note": "ort_b32_img_s comes from each part's own ONNX Runtime pass (parts may be timed on other "
@@ -201,13 +228,14 @@ def main() -> None:
     methods = [m for m in a.methods.split(",") if m]
     if not methods or set(methods) - set(METHODS):
         ap.error(f"--methods must be some of {','.join(METHODS)}, got {a.methods}")
-    generations = tuple(int(g) for g in a.generations.split(","))
+    recipe = {"ancestor_epochs": a.ancestor_epochs, "generation_epochs": a.generation_epochs,
+              "generations": [int(g) for g in a.generations.split(",")], "lineage_threads": LINEAGE_THREADS}
     if a.summarize:
-        summarize(seeds, a.ancestor_epochs, a.generation_epochs)
+        summarize(seeds)
     elif a.retime:
-        retime(seeds, methods, Path(a.runs_dir), generations)
+        retime(seeds, methods, Path(a.runs_dir), recipe)
     else:
-        run(seeds, methods, Path(a.runs_dir), a.ancestor_epochs, a.generation_epochs, generations, a.threads)
+        run(seeds, methods, Path(a.runs_dir), recipe, a.threads)
 
 
 if __name__ == "__main__":
