@@ -72,9 +72,12 @@ def main() -> None:
     committed = RESULTS / "explore_goal.json"
     if committed.is_file():
         old = json.loads(committed.read_text())
-        if (old["design"]["name"], old["ancestor_epochs"], old["generation_epochs"]) == \
-                (design["name"], a.ancestor_epochs, a.generation_epochs):
+        if (old["design"]["genome"], old["ancestor_epochs"], old["generation_epochs"]) == \
+                (design["genome"], a.ancestor_epochs, a.generation_epochs):
             prior = {p["seed"]: p for p in old["per_seed"]}
+            if set(prior) - set(seeds):
+                sys.exit(f"error: {committed} holds seeds {sorted(prior)}; list them all in --seeds (or move the "
+                         "file away) so that none is dropped from the rewritten result")
     per_seed = []
     ceiling = None
     for s in seeds:
@@ -113,6 +116,8 @@ def main() -> None:
         atomic_write_text(done, json.dumps(per_seed[-1], indent=2))
         print(per_seed[-1], flush=True)
         summarize(a, design, seeds, per_seed)
+    if per_seed:
+        summarize(a, design, seeds, per_seed)  # a seed taken from the committed result after the last one trained
 
 
 def summarize(a: argparse.Namespace, design: dict, planned: list[int], per_seed: list[dict]) -> None:
