@@ -84,7 +84,7 @@ def run_part(seed: int, method: str, root: Path, lin, fp: dict, recipe: dict, th
     if expect_weights is not None and [r["weights"] for r in rows] != expect_weights:
         sys.exit(f"error: the networks of {part_path(seed, method)} are not those in {root}; not rewritten")
     write_result(f"{PARTS}/seed{seed}_{method}", {
-        "seed": seed, "method": method, "recipe": recipe, "fingerprint": fp,
+        "seed": seed, "method": method, "recipe": recipe, "fingerprint": fp, "train_threads": threads,
         "torch_pruning_version": doc["torch_pruning_version"],
         "test_split": doc["test_split"], "targets": doc["targets"], "ancestor": anc, "rows": rows,
         "timing": doc["timing"], "notes": doc["notes"], "errors": doc["errors"],
