@@ -18,7 +18,8 @@ epochs, so one late generation dominates every larger one.
 One seed takes about 3.5 hours of both cores, more than one working session
 here, and run folders do not outlive the machine. So each (seed, method) is a
 part of its own, committed as results/peers_parts/seed{S}_{METHOD}.json as soon
-as it is done: its rows, the ancestor timed in the same ONNX Runtime pass
+as it is done (one part per size, seed{S}_{METHOD}_g{GG}.json, for the methods
+trained from scratch, whose networks are independent): its rows, the ancestor timed in the same ONNX Runtime pass
 (``ort_speedup_64px`` is a ratio from one pass, comparable across parts timed
 on other days), and the lineage's fingerprint (weights digests of the
 ancestor and every matched generation). A later run skips the committed parts;
@@ -60,8 +61,19 @@ PARTS = "peers_parts"
 LINEAGE_THREADS = 2
 
 
-def part_path(seed: int, method: str) -> Path:
-    return RESULTS / PARTS / f"seed{seed}_{method}.json"
+# Methods trained from scratch train one network per matched size, each on its
+# own: their parts are one size each, so a session that ends mid-method keeps
+# the networks it finished. The others grow one lineage through every size.
+SCRATCH = ("lineage_from_scratch", "scaled_width", "scaled_design")
+
+
+def units(method: str, recipe: dict) -> list[tuple[str, int | None]]:
+    """The parts of ``method``: (method, generation) per size, or (method, None) for all sizes at once."""
+    return [(method, g) for g in recipe["generations"]] if method in SCRATCH else [(method, None)]
+
+
+def part_path(seed: int, method: str, gen: int | None = None) -> Path:
+    return RESULTS / PARTS / (f"seed{seed}_{method}.json" if gen is None else f"seed{seed}_{method}_g{gen:02d}.json")
 
 
 def fingerprint(evolve_dir: Path, lin, generations: tuple[int, ...]) -> dict:
@@ -72,44 +84,42 @@ def fingerprint(evolve_dir: Path, lin, generations: tuple[int, ...]) -> dict:
             "params": {str(e.generation): e.params for e in gens}}
 
 
-def run_part(seed: int, method: str, root: Path, lin, fp: dict, recipe: dict, threads: int | None,
-             expect_weights: list[str] | None = None) -> None:
-    """``compare`` with one method, then its rows committed as a part
-    (with ``expect_weights``, only if its networks are those)."""
-    doc = compare(root / "evolve", CompareConfig(methods=(method,), generations=tuple(recipe["generations"]),
-                                                 threads=threads),
+def run_part(seed: int, method: str, gen: int | None, root: Path, lin, fp: dict, recipe: dict,
+             threads: int | None, expect_weights: list[str] | None = None) -> None:
+    """``compare`` with one method (at one size, or all), then its rows
+    committed as a part (with ``expect_weights``, only if its networks are those)."""
+    gens = tuple(recipe["generations"]) if gen is None else (gen,)
+    doc = compare(root / "evolve", CompareConfig(methods=(method,), generations=gens, threads=threads),
                   progress=sys.stderr.isatty(), say=lambda s: print(s, flush=True))
     anc = doc["ancestor"]
     rows = [{**r, "ort_speedup_64px": r["ort_b32_img_s_64px"] / anc["ort_b32_img_s_64px"]} for r in doc["rows"]]
     if expect_weights is not None and [r["weights"] for r in rows] != expect_weights:
-        sys.exit(f"error: the networks of {part_path(seed, method)} are not those in {root}; not rewritten")
-    write_result(f"{PARTS}/seed{seed}_{method}", {
-        "seed": seed, "method": method, "recipe": recipe, "fingerprint": fp, "train_threads": threads,
+        sys.exit(f"error: the networks of {part_path(seed, method, gen)} are not those in {root}; not rewritten")
+    write_result(str(part_path(seed, method, gen).relative_to(RESULTS).with_suffix("")), {
+        "seed": seed, "method": method, "generation": gen, "recipe": recipe, "fingerprint": fp, "train_threads": threads,
         "torch_pruning_version": doc["torch_pruning_version"],
         "test_split": doc["test_split"], "targets": doc["targets"], "ancestor": anc, "rows": rows,
         "timing": doc["timing"], "notes": doc["notes"], "errors": doc["errors"],
         "lineage": {"ancestor_test_top1": lin.generations[0].test_top1,
                     "final_size_mb": lin.generations[-1].size_mb, "final_test_top1": lin.generations[-1].test_top1}})
-    print(f"seed {seed} {method}: {len(rows)} rows -> {part_path(seed, method)}", flush=True)
+    print(f"seed {seed} {method}: {len(rows)} rows -> {part_path(seed, method, gen)}", flush=True)
 
 
 def _check(s: int, root: Path, fp: dict, recipe: dict) -> None:
     """Every committed part of seed ``s`` (any method) was measured on this lineage and recipe."""
-    for m in METHODS:
-        path = part_path(s, m)
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old["recipe"] != recipe:
-                sys.exit(f"error: {path} was measured with {old['recipe']}, this run asks for {recipe}; use its "
-                         "options or delete the seed's parts")
-            if old["fingerprint"] != fp:
-                sys.exit(f"error: {path} was measured on another seed-{s} lineage than {root} holds (weights "
-                         "differ); delete the seed's parts to measure them all on this one")
+    for path in sorted((RESULTS / PARTS).glob(f"seed{s}_*.json")):
+        old = json.loads(path.read_text())
+        if old["recipe"] != recipe:
+            sys.exit(f"error: {path} was measured with {old['recipe']}, this run asks for {recipe}; use its "
+                     "options or delete the seed's parts")
+        if old["fingerprint"] != fp:
+            sys.exit(f"error: {path} was measured on another seed-{s} lineage than {root} holds (weights "
+                     "differ); delete the seed's parts to measure them all on this one")
 
 
 def run(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict, threads: int | None) -> None:
     for s in seeds:
-        todo = [m for m in methods if not part_path(s, m).is_file()]
+        todo = [u for m in methods for u in units(m, recipe) if not part_path(s, *u).is_file()]
         if not todo:
             print(f"seed {s}: every part is committed", flush=True)
             continue
@@ -120,8 +130,8 @@ def run(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict, thre
         lin = lineage(s, root, recipe["ancestor_epochs"], recipe["generation_epochs"], recipe["lineage_threads"])
         fp = fingerprint(root / "evolve", lin, tuple(recipe["generations"]))
         _check(s, root, fp, recipe)
-        for m in todo:
-            run_part(s, m, root, lin, fp, recipe, threads)
+        for m, g in todo:
+            run_part(s, m, g, root, lin, fp, recipe, threads)
 
 
 def retime(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict) -> None:
@@ -131,8 +141,8 @@ def retime(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict) -
     for s in seeds:
         root = runs_dir / f"seed{s}"
         cdir = compare_dir(root / "evolve")
-        for m in methods:
-            path = part_path(s, m)
+        for m, g in [u for m in methods for u in units(m, recipe)]:
+            path = part_path(s, m, g)
             if not path.is_file() or not json.loads(path.read_text())["timing"]["machine_busy"]:
                 continue
             part = json.loads(path.read_text())
@@ -144,28 +154,30 @@ def retime(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict) -
             fp = fingerprint(root / "evolve", lin, tuple(recipe["generations"]))
             _check(s, root, fp, recipe)
             (cdir / "timing.json").unlink(missing_ok=True)  # a cache keyed by the networks, not by the machine's load
-            run_part(s, m, root, lin, fp, recipe, None, expect_weights=[r["weights"] for r in part["rows"]])
+            run_part(s, m, g, root, lin, fp, recipe, None, expect_weights=[r["weights"] for r in part["rows"]])
 
 
-def summarize(seeds: list[int]) -> None:
+def summarize(seeds: list[int], recipe: dict) -> None:
     rows, versions, targets, splits, timing, notes, errors = [], set(), {}, set(), [], [], {}
-    missing = [str(part_path(s, m)) for s in seeds for m in METHODS if not part_path(s, m).is_file()]
+    all_units = [u for m in METHODS for u in units(m, recipe)]
+    missing = [str(part_path(s, *u)) for s in seeds for u in all_units if not part_path(s, *u).is_file()]
     if missing:
         sys.exit(f"error: {len(missing)} parts are not measured yet ({', '.join(missing)}); run this script "
                  "without --summarize first")
     recipes = []
     for s in seeds:
-        parts = [json.loads(part_path(s, m).read_text()) for m in METHODS]
+        parts = [json.loads(part_path(s, *u).read_text()) for u in all_units]
         if any(p["fingerprint"] != parts[0]["fingerprint"] for p in parts):
             sys.exit(f"error: seed {s}'s parts were measured on different lineages; delete them and run again")
         recipes += [p["recipe"] for p in parts]
-        targets[s] = [t["generation"] for t in parts[0]["targets"]]
+        targets[s] = [t["generation"] for t in parts[0]["targets"]]  # the first part is evolution's: every size
         for p in parts:
             versions.add(p["torch_pruning_version"])
             splits.add(p["test_split"])
             notes = list(dict.fromkeys(notes + p["notes"]))  # the per-network ones name their seed
             errors.update({f"seed {s} {k}": v for k, v in p["errors"].items()})
-            timing.append({"seed": s, "method": p["method"], "date": p["date"], **p["timing"]})
+            timing.append({"seed": s, "method": p["method"], "generation": p.get("generation"), "date": p["date"],
+                           **p["timing"]})
             for r in p["rows"]:
                 rows.append({"run_seed": s, "method": r["method"], "seed": r["seed"], "generation": r["generation"],
                              "target_size_mb": r["target_size_mb"], "size_mb": r["size_mb"], "macs": r["macs"],
@@ -231,7 +243,7 @@ def main() -> None:
     recipe = {"ancestor_epochs": a.ancestor_epochs, "generation_epochs": a.generation_epochs,
               "generations": [int(g) for g in a.generations.split(",")], "lineage_threads": LINEAGE_THREADS}
     if a.summarize:
-        summarize(seeds)
+        summarize(seeds, recipe)
     elif a.retime:
         retime(seeds, methods, Path(a.runs_dir), recipe)
     else:
