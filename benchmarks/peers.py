@@ -19,9 +19,9 @@ One seed takes about 3.5 hours of both cores, more than one working session
 here, and run folders do not outlive the machine. So each (seed, method) is a
 part of its own, committed as results/peers_parts/seed{S}_{METHOD}.json as soon
 as it is done (one part per size, seed{S}_{METHOD}_g{GG}.json, for the methods
-trained from scratch, whose networks are independent): its rows, the ancestor timed in the same ONNX Runtime pass
-(``ort_speedup_64px`` is a ratio from one pass, comparable across parts timed
-on other days), and the lineage's fingerprint (weights digests of the
+trained from scratch, whose networks are independent): its rows, the ancestor
+timed in the same ONNX Runtime pass (``ort_speedup_64px`` is a ratio from one
+pass, comparable across parts timed on other days), and the lineage's fingerprint (weights digests of the
 ancestor and every matched generation). A later run skips the committed parts;
 on a new machine it trains the seed's lineage again (deterministic on the CPU
 for a given seed, which the fingerprint checks) and refuses to mix parts
@@ -72,8 +72,13 @@ def units(method: str, recipe: dict) -> list[tuple[str, int | None]]:
     return [(method, g) for g in recipe["generations"]] if method in SCRATCH else [(method, None)]
 
 
+def part_name(seed: int, method: str, gen: int | None = None) -> str:
+    """The part's name for ``write_result``: peers_parts/seed{S}_{METHOD}[_g{GG}]."""
+    return f"{PARTS}/seed{seed}_{method}" + ("" if gen is None else f"_g{gen:02d}")
+
+
 def part_path(seed: int, method: str, gen: int | None = None) -> Path:
-    return RESULTS / PARTS / (f"seed{seed}_{method}.json" if gen is None else f"seed{seed}_{method}_g{gen:02d}.json")
+    return RESULTS / f"{part_name(seed, method, gen)}.json"
 
 
 def fingerprint(evolve_dir: Path, lin, generations: tuple[int, ...]) -> dict:
@@ -95,7 +100,7 @@ def run_part(seed: int, method: str, gen: int | None, root: Path, lin, fp: dict,
     rows = [{**r, "ort_speedup_64px": r["ort_b32_img_s_64px"] / anc["ort_b32_img_s_64px"]} for r in doc["rows"]]
     if expect_weights is not None and [r["weights"] for r in rows] != expect_weights:
         sys.exit(f"error: the networks of {part_path(seed, method, gen)} are not those in {root}; not rewritten")
-    write_result(str(part_path(seed, method, gen).relative_to(RESULTS).with_suffix("")), {
+    write_result(part_name(seed, method, gen), {
         "seed": seed, "method": method, "generation": gen, "recipe": recipe, "fingerprint": fp, "train_threads": threads,
         "torch_pruning_version": doc["torch_pruning_version"],
         "test_split": doc["test_split"], "targets": doc["targets"], "ancestor": anc, "rows": rows,
@@ -143,9 +148,9 @@ def retime(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict) -
         cdir = compare_dir(root / "evolve")
         for m, g in [u for m in methods for u in units(m, recipe)]:
             path = part_path(s, m, g)
-            if not path.is_file() or not json.loads(path.read_text())["timing"]["machine_busy"]:
+            part = json.loads(path.read_text()) if path.is_file() else None
+            if part is None or not part["timing"]["machine_busy"]:
                 continue
-            part = json.loads(path.read_text())
             nets = [cdir / m / f"seed_{r['seed']}" / f"gen_{r['generation']:02d}" / "result.json" for r in part["rows"]]
             if not (root / "evolve" / "lineage.json").is_file() or not all(n.is_file() for n in nets):
                 print(f"seed {s} {m}: timed while busy, and its networks are not in {cdir}; left as it is", flush=True)
@@ -240,8 +245,14 @@ def main() -> None:
     methods = [m for m in a.methods.split(",") if m]
     if not methods or set(methods) - set(METHODS):
         ap.error(f"--methods must be some of {','.join(METHODS)}, got {a.methods}")
+    try:
+        generations = sorted({int(g) for g in a.generations.split(",")})
+    except ValueError:
+        ap.error(f"--generations must list generation numbers, e.g. 3,6,9,12,15, got {a.generations}")
+    if not generations or generations[0] < 1:
+        ap.error(f"--generations must list evolved generations (1 or more), got {a.generations}")
     recipe = {"ancestor_epochs": a.ancestor_epochs, "generation_epochs": a.generation_epochs,
-              "generations": [int(g) for g in a.generations.split(",")], "lineage_threads": LINEAGE_THREADS}
+              "generations": generations, "lineage_threads": LINEAGE_THREADS}
     if a.summarize:
         summarize(seeds, recipe)
     elif a.retime:
