@@ -205,6 +205,10 @@ def summarize(seeds: list[int], recipe: dict) -> None:
                             "heldout_top1": stats([r["heldout_top1"] for r in v]),
                             "ort_b32_img_s": stats([r["ort_b32_img_s"] for r in v]),
                             "ort_speedup_64px": stats([r["ort_speedup_64px"] for r in v]),
+                            # a ratio that swings between passes (the same genome gave 0.99x and
+                            # 1.48x in two): quoted with its range over seeds
+                            "ort_speedup_64px_range": [min(r["ort_speedup_64px"] for r in v),
+                                                       max(r["ort_speedup_64px"] for r in v)],
                             "train_wall_s": stats([r["train_wall_s"] for r in v]),
                             "epochs": max(r["epochs"] for r in v),
                             "all_within_tolerance": all(r["within_tolerance"] for r in v)}
@@ -215,7 +219,7 @@ def summarize(seeds: list[int], recipe: dict) -> None:
     full = not errors and all(len(summary.get(m, {})) == len(recipes[0]["generations"])
                               and all(v["test_top1"]["n"] == len(seeds) for v in summary[m].values())
                               for m in METHODS)
-    write_result("peers", {
+    path = write_result("peers", {
         "seeds": seeds, "methods": list(METHODS), "torch_pruning_version": sorted(v for v in versions if v),
         **recipes[0], "image_size": 64, "selected_by": "heldout",
         "test_split": sorted(splits), "targets": {str(s): t for s, t in targets.items()}, "rows": rows,
@@ -225,6 +229,29 @@ def summarize(seeds: list[int], recipe: dict) -> None:
         "timing": timing, "notes": notes, "errors": errors,
         "speed_note": "ort_b32_img_s comes from each part's own ONNX Runtime pass (parts may be timed on other "
                       "days); ort_speedup_64px divides it by the ancestor's figure from the same pass"})
+    print(table(summary, list(METHODS)), flush=True)
+    print(f"goal met: {verdict['met'] and full} -> {path}", flush=True)
+
+
+def table(summary: dict, methods: list[str]) -> str:
+    """The Markdown table BENCHMARKS.md quotes: per matched size, each
+    method's test top-1 (mean ± sd over seeds, n) and its ORT speed over the
+    ancestor at 64 px (the range over seeds)."""
+    ranks = sorted({k for m in summary.values() for k in m}, key=int)
+    out = ["| size (MB) | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for k in ranks:
+        sizes = [summary[m][k]["size_mb"]["mean"] for m in methods if k in summary.get(m, {})]
+        cells = []
+        for m in methods:
+            v = summary.get(m, {}).get(k)
+            if v is None:
+                cells.append("—")
+                continue
+            lo, hi = v["ort_speedup_64px_range"]
+            t = v["test_top1"]
+            cells.append(f"{100 * t['mean']:.1f} ± {100 * t['sd']:.1f} (n={t['n']}; {lo:.2f}–{hi:.2f}×)")
+        out.append(f"| {min(sizes):.2f}–{max(sizes):.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def main() -> None:
