@@ -67,9 +67,9 @@ LINEAGE_THREADS = 2
 SCRATCH = ("lineage_from_scratch", "scaled_width", "scaled_design")
 
 
-def units(method: str, recipe: dict) -> list[tuple[str, int | None]]:
-    """The parts of ``method``: (method, generation) per size, or (method, None) for all sizes at once."""
-    return [(method, g) for g in recipe["generations"]] if method in SCRATCH else [(method, None)]
+def units(methods, recipe: dict) -> list[tuple[str, int | None]]:
+    """The parts of ``methods``: (method, generation) per size, or (method, None) for all sizes at once."""
+    return [(m, g) for m in methods for g in (recipe["generations"] if m in SCRATCH else [None])]
 
 
 def part_name(seed: int, method: str, gen: int | None = None) -> str:
@@ -124,7 +124,7 @@ def _check(s: int, root: Path, fp: dict, recipe: dict) -> None:
 
 def run(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict, threads: int | None) -> None:
     for s in seeds:
-        todo = [u for m in methods for u in units(m, recipe) if not part_path(s, *u).is_file()]
+        todo = [u for u in units(methods, recipe) if not part_path(s, *u).is_file()]
         if not todo:
             print(f"seed {s}: every part is committed", flush=True)
             continue
@@ -146,7 +146,8 @@ def retime(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict) -
     for s in seeds:
         root = runs_dir / f"seed{s}"
         cdir = compare_dir(root / "evolve")
-        for m, g in [u for m in methods for u in units(m, recipe)]:
+        checked = None  # the lineage's (Lineage, fingerprint), read and checked once per seed
+        for m, g in units(methods, recipe):
             path = part_path(s, m, g)
             part = json.loads(path.read_text()) if path.is_file() else None
             if part is None or not part["timing"]["machine_busy"]:
@@ -155,16 +156,18 @@ def retime(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict) -
             if not (root / "evolve" / "lineage.json").is_file() or not all(n.is_file() for n in nets):
                 print(f"seed {s} {m}: timed while busy, and its networks are not in {cdir}; left as it is", flush=True)
                 continue
-            lin = Lineage.load(root / "evolve")
-            fp = fingerprint(root / "evolve", lin, tuple(recipe["generations"]))
-            _check(s, root, fp, recipe)
+            if checked is None:
+                lin = Lineage.load(root / "evolve")
+                checked = lin, fingerprint(root / "evolve", lin, tuple(recipe["generations"]))
+                _check(s, root, checked[1], recipe)
+            lin, fp = checked
             (cdir / "timing.json").unlink(missing_ok=True)  # a cache keyed by the networks, not by the machine's load
             run_part(s, m, g, root, lin, fp, recipe, None, expect_weights=[r["weights"] for r in part["rows"]])
 
 
 def summarize(seeds: list[int], recipe: dict) -> None:
     rows, versions, targets, splits, timing, notes, errors = [], set(), {}, set(), [], [], {}
-    all_units = [u for m in METHODS for u in units(m, recipe)]
+    all_units = units(METHODS, recipe)
     missing = [str(part_path(s, *u)) for s in seeds for u in all_units if not part_path(s, *u).is_file()]
     if missing:
         sys.exit(f"error: {len(missing)} parts are not measured yet ({', '.join(missing)}); run this script "
