@@ -264,6 +264,27 @@ def test_a_design_another_process_trains_is_left_to_it(tiny_data, tmp_path):
     assert done[-1][0].startswith(f"points/{design_key({'width': 0.5})}/")  # the others went first
 
 
+def test_a_stale_lock_is_taken_over_once(tmp_path):
+    from squishednets.explore import _PointLock
+
+    lock = tmp_path / ".lock"
+    lock.touch()
+    os.utime(lock, (time.time() - 60, time.time() - 60))  # its owner died a minute ago
+    a, b = _PointLock(tmp_path, grace_s=5), _PointLock(tmp_path, grace_s=5)
+    assert a.acquire(tmp_path / "result.json")  # takes the dead owner's lock over
+    try:
+        fresh = lock.stat().st_ino
+        # b saw the dead owner's lock before a replaced it; its takeover must
+        # re-check and leave a's fresh lock alone, or both would train
+        b._take_over()
+        assert lock.is_file() and lock.stat().st_ino == fresh
+        assert _PointLock.held(tmp_path, 5)
+        assert not (tmp_path / ".lock.takeover").exists()
+    finally:
+        a.release()
+    assert not lock.exists()
+
+
 def test_a_minutes_budget_is_one_schedule_per_design(tiny_data, tmp_path):
     doc = explore(_cfg(tiny_data, minutes=0.002, seeds=2, front_seeds=1), tmp_path / "ex", progress=False,
                   say=lambda s: None)

@@ -343,14 +343,39 @@ class _PointLock:
                 if done.is_file():
                     return False
                 try:
-                    if time.time() - self.path.stat().st_mtime > self.grace_s:
-                        self.path.unlink()  # its owner is gone
-                        continue
+                    if time.time() - self.path.stat().st_mtime > self.grace_s and self._take_over():
+                        continue  # its owner is gone
                 except FileNotFoundError:
                     continue
                 time.sleep(min(1.0, self.grace_s / 4))
         self._thread = threading.Thread(target=self._touch, daemon=True)
         self._thread.start()
+        return True
+
+    def _take_over(self) -> bool:
+        """Removes the lock if it is still stale; False when another waiter is
+        doing so. Seeing a stale lock and removing it are two steps: without
+        the guard, a waiter that saw the dead owner's lock could remove the
+        fresh one another waiter had just created, and both would train. The
+        guard (``.lock.takeover``, created exclusively) serialises the re-check
+        and the removal. A guard left by a process that died within these few
+        lines goes stale too and is removed after ``grace_s``; only a second
+        death inside that window could let two trainers through."""
+        guard = self.path.with_name(".lock.takeover")
+        try:
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - guard.stat().st_mtime > self.grace_s:
+                    guard.unlink()
+            return False
+        try:
+            if time.time() - self.path.stat().st_mtime > self.grace_s:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            guard.unlink()
         return True
 
     @staticmethod
