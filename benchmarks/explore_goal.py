@@ -80,6 +80,7 @@ def main() -> None:
                          "file away) so that none is dropped from the rewritten result")
     per_seed = []
     ceiling = None
+    current = False  # whether explore_goal.json already holds every seed in per_seed
     for s in seeds:
         # Each seed's comparison is kept in its folder, and the JSON is
         # rewritten after every seed: a session that ends mid-way keeps the
@@ -90,6 +91,7 @@ def main() -> None:
         if done.is_file():
             per_seed.append(json.loads(done.read_text()))
             print(per_seed[-1], flush=True)
+            current = False
             continue
         recipe = (a.ancestor_epochs, a.generation_epochs, a.threads)
         v11 = lineage(s, Path(a.v11_runs) / f"seed{s}", *recipe)
@@ -116,8 +118,9 @@ def main() -> None:
         atomic_write_text(done, json.dumps(per_seed[-1], indent=2))
         print(per_seed[-1], flush=True)
         summarize(a, design, seeds, per_seed)
-    if per_seed:
-        summarize(a, design, seeds, per_seed)  # a seed taken from the committed result after the last one trained
+        current = True
+    if per_seed and not current:
+        summarize(a, design, seeds, per_seed)  # seeds taken from their folders after the last one trained
 
 
 def summarize(a: argparse.Namespace, design: dict, planned: list[int], per_seed: list[dict]) -> None:
