@@ -107,10 +107,16 @@ def one_seed(s: int, seed_runs: Path, runs: Path, t: float, w: float, threads: i
     """Seed ``s``: the default ancestor and plain lineage (``benchmarks/seeds.py``'s,
     trained here when missing), then the distilled lineage from the same ancestor."""
     root = seed_runs / f"seed{s}"
-    if not (root / "evolve" / "lineage.json").is_file():
+    gens = RunConfig().evolve.generations + 1  # the ancestor's record and every generation's
+    # lineage.json is rewritten after every generation: an interrupted
+    # evolution leaves one too, and it resumes where it stopped
+    if not (root / "evolve" / "lineage.json").is_file() or len(Lineage.load(root / "evolve").generations) < gens:
         train_and_evolve(s, root)
     plain = Lineage.load(root / "evolve")
     lin = _distilled(root / "ancestor" / "model", runs / f"seed{s}", s, t, w, threads)
+    if not len(lin.generations) == len(plain.generations) == gens:
+        sys.exit(f"error: seed {s}'s lineages have {len(plain.generations)} (plain) and {len(lin.generations)} "
+                 f"(distilled) records, not {gens}; delete {root} and {runs / f'seed{s}'} and run again")
     anc, last = lin.generations[0], lin.generations[-1]
     return {
         "seed": s, "temperature": t, "weight": w,
