@@ -50,7 +50,7 @@ from pathlib import Path
 from common import ANCESTOR_EPOCHS, GENERATION_EPOCHS, RESULTS, lineage, stats, write_result
 
 from squishednets.checkpoint import weights_digest
-from squishednets.compare import METHODS, CompareConfig, compare, goal, targets_of
+from squishednets.compare import METHODS, CompareConfig, compare, goal, net_key, targets_of
 from squishednets.records import Lineage
 from squishednets.report import compare_dir
 
@@ -152,7 +152,7 @@ def retime(seeds: list[int], methods: list[str], runs_dir: Path, recipe: dict) -
             part = json.loads(path.read_text()) if path.is_file() else None
             if part is None or not part["timing"]["machine_busy"]:
                 continue
-            nets = [cdir / m / f"seed_{r['seed']}" / f"gen_{r['generation']:02d}" / "result.json" for r in part["rows"]]
+            nets = [cdir / net_key(m, r["seed"], r["generation"]) / "result.json" for r in part["rows"]]
             if not (root / "evolve" / "lineage.json").is_file() or not all(n.is_file() for n in nets):
                 print(f"seed {s} {m}: timed while busy, and its networks are not in {cdir}; left as it is", flush=True)
                 continue

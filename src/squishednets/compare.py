@@ -189,7 +189,7 @@ class _Run:
         return [self.evolve.seed + i for i in range(self.cfg.seeds)]
 
     def net_dir(self, method: str, seed: int, g: int) -> Path:
-        return self.out / method / f"seed_{seed}" / f"gen_{g:02d}"
+        return self.out / net_key(method, seed, g)
 
     def rel(self, path: Path) -> str:
         """``path`` as stored in results: relative to the compare folder, so both can move together."""
@@ -646,8 +646,13 @@ def _timing(run: _Run, rows: list[dict[str, Any]], say: Callable[[str], None]) -
     return doc
 
 
+def net_key(method: str, seed: int, g: int) -> str:
+    """One network's folder under the compare folder (the layout in the module docstring)."""
+    return f"{method}/seed_{seed}/gen_{g:02d}"
+
+
 def _key(r: dict[str, Any]) -> str:
-    return f"{r['method']}/seed_{r['seed']}/gen_{r['generation']:02d}"
+    return net_key(r["method"], r["seed"], r["generation"])
 
 
 def _abs_checkpoint(run: _Run, r: dict[str, Any]) -> Path:
