@@ -359,8 +359,9 @@ class _PointLock:
         fresh one another waiter had just created, and both would train. The
         guard (``.lock.takeover``, created exclusively) serialises the re-check
         and the removal. A guard left by a process that died within these few
-        lines goes stale too and is removed after ``grace_s``; only a second
-        death inside that window could let two trainers through."""
+        lines goes stale too and is removed after ``grace_s``; the removal of
+        such a dead guard is the one step left unguarded, so two trainers need
+        a death inside these lines and two waiters racing over it."""
         guard = self.path.with_name(".lock.takeover")
         try:
             os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
