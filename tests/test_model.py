@@ -41,3 +41,19 @@ def test_unit_pixels_match_the_forward_pass(g):
     with torch.no_grad():
         m(torch.zeros(1, 3, 57, 57))
     assert seen == {u.module: (u.in_hw, u.out_hw) for u in g.units(57)}
+
+
+def test_a_class_switched_off_everywhere_still_learns():
+    # With a ReLU after conv10 (the published SqueezeNet) a class whose
+    # output is negative on every image gets no gradient and is never
+    # predicted again; the logits here have no ReLU.
+    torch.manual_seed(0)
+    m = build(get_genome("squeezenet1_1", num_classes=4)).eval()
+    with torch.no_grad():
+        m.conv10.bias[2] = -100.0
+    x = torch.randn(8, 3, 32, 32)
+    logits = m(x)
+    assert (logits[:, 2] < 0).all()
+    torch.nn.functional.cross_entropy(logits, torch.full((8,), 2)).backward()
+    assert m.conv10.bias.grad[2] < 0  # gradient descent raises the class's logit
+    assert m.conv10.weight.grad[2].abs().sum() > 0

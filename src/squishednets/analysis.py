@@ -314,7 +314,7 @@ def stage_chain(model: SqueezeNet, bypass: int | None = None) -> list[Callable[[
     pools = set(model.genome.pool_after)
     chain = [_stage(model.conv1, 0 in pools)]
     chain += [_stage(nn.Identity() if i == bypass else fire, i in pools) for i, fire in enumerate(model.fires, 1)]
-    chain.append(lambda x: torch.flatten(F.adaptive_avg_pool2d(F.relu(model.conv10(model.dropout(x))), 1), 1))
+    chain.append(model.head)
     return chain
 
 
@@ -408,14 +408,15 @@ def _batches(n: int, size: int) -> range:
 def activation_stats(model: SqueezeNet, units: tuple[Unit, ...], images: torch.Tensor, batch_size: int,
                      progress: bool = False) -> dict[str, dict[str, Any]]:
     """Per unit: APoZ, dead-channel share, mean, variance and effective rank
-    of its post-ReLU output on ``images`` (uint8); for squeeze layers and
+    of its output on ``images`` (uint8), post-ReLU (conv10's are the logits,
+    with no ReLU, so its APoZ is about 0); for squeeze layers and
     conv10 also ``input_effective_rank``, the effective rank of what they read."""
     outs = {u.name: _Moments(u.cout) for u in units}
     ins = {u.name: _Moments(u.cin) for u in units if u.kind in ("squeeze", "classifier")}
 
     def hook(u: Unit) -> Callable[..., None]:
         def fn(_m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            outs[u.name].add(F.relu(out) if u.kind == "classifier" else out)  # conv10's ReLU is in forward
+            outs[u.name].add(out)
             if u.name in ins:
                 ins[u.name].add(inp[0])
         return fn
@@ -559,7 +560,7 @@ def ort_layer_times(model: SqueezeNet, units: tuple[Unit, ...], image_size: int,
     """(ms per run of each unit's node, ms per run of all nodes) in ONNX
     Runtime's optimised graph (``ort.session``, as deployed), by its profiler.
     A fused node is matched to a unit by scope; a last Conv left unnamed by
-    the fusion (conv10, whose ReLU sits outside its scope) is matched when it
+    the fusion (conv10, with no ReLU to fuse) is matched when it
     is the only one; a unit that cannot be matched gets ``None``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"

@@ -77,8 +77,8 @@ def _compare(ref: np.ndarray, got: np.ndarray, where: str, tol: float, real: boo
     """max |got - ref|, or an ExportError when ``got`` is off or degenerate.
 
     Degenerate outputs are an error on ``real`` images whatever PyTorch
-    gives; on noise only when PyTorch's are not: SqueezeNet's classifier
-    ends in a ReLU, and noise may switch every class off in a healthy network.
+    gives; on noise only when PyTorch's are not: noise is no image, and a
+    healthy network may give it the same class every time.
     """
     if got.shape != ref.shape:
         raise ExportError(f"{where}: ONNX Runtime output shape {got.shape} != PyTorch {ref.shape}")
