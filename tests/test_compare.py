@@ -57,7 +57,9 @@ def test_every_method_lands_on_the_lineages_sizes_with_the_lineages_budget(compa
         # Budgets: the ancestor's epochs plus what the lineage spent to reach generation g.
         per_step = EPOCHS["generation"] * (1 if r["method"] == "torch_pruning" else EPOCHS["population"])
         assert r["epochs"] == EPOCHS["ancestor"] + g * per_step, r["method"]
-        assert r["onnx_max_abs_diff"] is not None and r["onnx_max_abs_diff"] < 1e-3
+        # Parity is relative: export raises past PARITY_TOL x max(1, max |logit|), and these few-step
+        # networks on random images reach logits of 1e4, whose float rounding alone is 1e-3.
+        assert r["onnx_max_abs_diff"] is not None and r["onnx_error"] is None and r["onnx_real_max_abs_diff"] is not None
         assert r["ort_b32_img_s_32px"] > 0 and r["train_wall_s"] > 0 and r["test_top1"] is not None
     own = {r["generation"]: r for r in doc["rows"] if r["method"] == "evolution"}
     for g in (1, 3):  # the run's own lineage is evolution's first seed, measured, not retrained

@@ -219,6 +219,11 @@ def test_the_same_seed_gives_the_lineage_recorded_before_the_refactor(tmp_path, 
     generations, population 2, target 3x smaller and 2x fewer MACs). Widths,
     sizes and MACs must be identical; F(E) equal to float precision.
 
+    Re-recorded once, when conv10's ReLU was removed (commit 4ed95c3): the
+    untrained networks' held-out scores changed and with them which of the
+    two offspring is kept; the code with the ReLU put back still gave the
+    pre-refactor record exactly (the file's ``recorded_by``).
+
     Nothing is trained, by design: trained weights differ in their last bits
     between CPUs (AVX2 and AVX-512 kernels sum in other orders), and a last-bit
     difference can flip a filter's draw. Untrained weights come from the seeded

@@ -108,6 +108,24 @@ def test_a_killed_worker_is_retried_and_its_result_recorded_once(pool, tmp_path)
     assert written["1"] == 1 and max(written.values()) == 1  # no result computed twice
 
 
+def test_a_pool_closing_under_submit_is_restarted(pool, monkeypatch):
+    """A worker's death can leave the pool closing its pipes before it marks
+    itself broken; submit then fails with OSError. The task is retried on a
+    fresh pool, not lost."""
+    from concurrent.futures import ProcessPoolExecutor
+    real, calls = ProcessPoolExecutor.submit, []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("handle is closed")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", flaky)
+    assert _run(pool, noise_sum, [0, 1, 2]) == [noise_sum(i) for i in range(3)]
+    assert len(calls) == 4  # the refused task was submitted again
+
+
 def test_a_task_that_always_kills_its_worker_gives_up_after_the_retries(tmp_path):
     with make_executor(ExecConfig(workers=2, retries=1)) as ex:
         with pytest.raises(TaskLostError, match=r"task 0 lost its worker 2 times.*--retries") as e:

@@ -241,7 +241,10 @@ class _Processes(_Base):
                     i = pending.popleft()
                     try:
                         running[pool.submit(fn, items[i])] = i
-                    except BrokenProcessPool:
+                    # OSError: a worker died and the pool is closing its pipes
+                    # but has not marked itself broken yet, so submit's spawn
+                    # of a replacement finds a closed handle (seen under load).
+                    except (BrokenProcessPool, OSError):
                         self._lose(i, lost, pending)
                         broken = True
                         break
