@@ -16,8 +16,8 @@ One departure from the published SqueezeNet: conv10's outputs are the logits,
 with no ReLU after them. With the ReLU, a class whose conv10 output goes
 negative on every image gets no gradient again and is never predicted: on
 Imagenette at 64 px, 5 of 5 v1.1 ancestors trained on 2026-12-07 ended with
-one class at 0% (about 8 points of top-1 lost), and 60% of the networks the
-benchmarks trained that day had such a class (``SqueezeNet.head``).
+one class at 0% (about 8 points of top-1 lost), as did 111 of the 186
+networks of that day's peers benchmark (BENCHMARKS.md; ``SqueezeNet.head``).
 """
 
 from __future__ import annotations
